@@ -1,0 +1,3 @@
+"""extauthz: Envoy external authorization for AI-agent traffic."""
+
+__version__ = "0.1.0"

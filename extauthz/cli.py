@@ -1,0 +1,69 @@
+"""``extauthz serve --config FILE`` | ``extauthz check-config FILE`` | ``extauthz --version``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from extauthz import __version__
+from extauthz.errors import ConfigError
+
+EXIT_CONFIG_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="extauthz", description="Envoy external authorization for AI-agent traffic."
+    )
+    parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the ext_authz gRPC service")
+    serve_cmd.add_argument("--config", required=True, help="path to the YAML config")
+    check_cmd = commands.add_parser("check-config", help="validate a config and its key files")
+    check_cmd.add_argument("config", help="path to the YAML config")
+    args = parser.parse_args(argv)
+
+    if args.command == "check-config":
+        return _check_config(args.config)
+    return _serve(args.config)
+
+
+def _check_config(path: str) -> int:
+    # Imported here so that --version and argument errors stay fast.
+    from extauthz.config import load_config
+    from extauthz.server import load_key_sets
+
+    try:
+        config = load_config(path)
+        key_sets = load_key_sets(config)
+    except ConfigError as err:
+        print(f"extauthz: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    keys = sum(len(k.keys) for k in key_sets.values())
+    print(
+        f"{path}: ok (policy_version {config.policy_version}, mode {config.mode}, "
+        f"{len(config.issuers)} issuer(s), {keys} key(s), {len(config.agents)} agent(s), "
+        f"{len(config.resources.resources)} resource(s))"
+    )
+    return 0
+
+
+def _serve(path: str) -> int:
+    from extauthz.logs import configure_logging
+    from extauthz.server import serve
+
+    configure_logging()
+    try:
+        asyncio.run(serve(path))
+    except ConfigError as err:
+        print(f"extauthz: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

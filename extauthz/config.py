@@ -1,0 +1,434 @@
+"""The configuration: loaded once from YAML, validated whole, frozen.
+
+Every problem is reported as ``ConfigError(file, key path, problem)``. Unknown keys are
+errors: a misspelt key in security config must never be silently ignored. Derived values
+(grant sets, compiled path templates, the host table) are prepared here so that a check
+does no parsing. A reload builds a whole new ``Config`` and swaps one reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from extauthz.errors import ConfigError
+from extauthz.permissions import GrantSet, permission_problem
+from extauthz.routes import PathTemplate, Resource, ResourceTable, Route
+
+Mode = Literal["enforce", "dry_run"]
+DelegationMode = Literal["current_actor", "intersect"]
+
+# Only asymmetric algorithms: an HMAC "secret" would have to be shared with every verifier,
+# and HMAC against a public key is the classic key-confusion attack (RFC 8725 §2.1, §3.1).
+SUPPORTED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    grpc_listen: str = "127.0.0.1:9001"
+    http_listen: str = "127.0.0.1:9090"
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    issuer: str
+    algorithms: frozenset[str]
+    jwks_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPolicy:
+    # None switches the RFC 9068 ``typ`` check off (``typ: any``).
+    typ: str | None = "at+jwt"
+    max_lifetime: float = 3600.0
+    leeway: float = 30.0
+    max_delegation_depth: int = 2
+    delegation: DelegationMode = "current_actor"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    id: str
+    permissions: GrantSet
+    delegated: bool = True
+    autonomous: bool = False
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    source: Path
+    refresh: float = 10.0
+    max_staleness: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseConfig:
+    # The upstream gets identity headers; the agent's token is withheld unless it needs it.
+    forward_authorization: bool = False
+    realm: str = "extauthz"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    policy_version: str
+    mode: Mode
+    server: ServerConfig
+    issuers: Mapping[str, IssuerConfig]
+    tokens: TokenPolicy
+    agents: Mapping[str, AgentConfig]
+    resources: ResourceTable
+    feed: FeedConfig
+    response: ResponseConfig
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """Reads one mapping of the YAML, tracking the key path and which keys were used."""
+
+    def __init__(self, file: str, path: str, data: object) -> None:
+        self.file = file
+        self.path = path
+        if not isinstance(data, dict):
+            raise ConfigError(file, path or "(top level)", f"must be a mapping, got {_kind(data)}")
+        self.data: dict[str, Any] = data
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), problem)
+
+    def raw(self, name: str) -> object:
+        self._seen.add(name)
+        return self.data.get(name)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def required(self, name: str) -> object:
+        if name not in self.data:
+            raise self.error(name, "is required")
+        return self.raw(name)
+
+    def string(self, name: str, default: str | None = None) -> str:
+        value = self.raw(name) if self.has(name) else default
+        if value is None:
+            raise self.error(name, "is required")
+        if not isinstance(value, str) or not value:
+            raise self.error(name, f"must be a non-empty string, got {_kind(value)}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        if not self.has(name):
+            return default
+        value = self.raw(name)
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, got {_kind(value)}")
+        return value
+
+    def duration(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+        if not self.has(name):
+            return default
+        value = self.raw(name)
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise self.error(name, f"must be a duration like 30s, 10m or 1h, got {value!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        if seconds == 0 and not allow_zero:
+            raise self.error(name, "must be greater than zero")
+        return seconds
+
+    def string_list(self, name: str, *, required: bool = True) -> list[str]:
+        if not self.has(name):
+            if required:
+                raise self.error(name, "is required")
+            return []
+        value = self.raw(name)
+        if not isinstance(value, list):
+            raise self.error(name, f"must be a list, got {_kind(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise self.error(f"{name}[{i}]", f"must be a non-empty string, got {_kind(item)}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.string(name, default)
+        if value not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def section(self, name: str, *, required: bool = False) -> _Section:
+        if not self.has(name):
+            if required:
+                raise self.error(name, "is required")
+            return _Section(self.file, self.key(name), {})
+        return _Section(self.file, self.key(name), self.raw(name))
+
+    def items(self, name: str) -> list[_Section]:
+        value = self.required(name)
+        if not isinstance(value, list):
+            raise self.error(name, f"must be a list, got {_kind(value)}")
+        return [_Section(self.file, f"{self.key(name)}[{i}]", v) for i, v in enumerate(value)]
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self._seen)
+        if unknown:
+            raise self.error(str(unknown[0]), "unknown key")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and compile a config file. Raises ConfigError naming file, key, problem."""
+    file = Path(path)
+    try:
+        text = file.read_bytes()
+    except OSError as err:
+        raise ConfigError(str(file), "", f"cannot read: {err.strerror or err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(str(file), where, f"not valid YAML: {err}") from err
+    return parse_config(data, file, policy_version=hashlib.sha256(text).hexdigest()[:12])
+
+
+def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
+    """Validate an already-parsed YAML document. Raises ConfigError."""
+    base = file.parent
+    top = _Section(str(file), "", data)
+    server = _server(top.section("server"))
+    mode = top.choice("mode", ("enforce", "dry_run"), "enforce")
+    issuers = _unique(
+        [_issuer(s, base) for s in top.items("issuers")], lambda i: i.issuer, top, "issuers"
+    )
+    if not issuers:
+        raise top.error("issuers", "must list at least one issuer")
+    tokens = _tokens(top.section("tokens"))
+    agents = _unique([_agent(s) for s in top.items("agents")], lambda a: a.id, top, "agents")
+    resources = _resources(top)
+    feed = _feed(top.section("feed", required=True), base)
+    response = _response(top.section("response"))
+    top.finish()
+    return Config(
+        path=file,
+        policy_version=policy_version,
+        mode=mode,  # type: ignore[arg-type]  # checked by choice()
+        server=server,
+        issuers=issuers,
+        tokens=tokens,
+        agents=agents,
+        resources=ResourceTable(resources),
+        feed=feed,
+        response=response,
+    )
+
+
+def _server(s: _Section) -> ServerConfig:
+    default = ServerConfig()
+    grpc_listen = _listen(s, "grpc_listen", default.grpc_listen)
+    http_listen = _listen(s, "http_listen", default.http_listen)
+    grace = s.duration("shutdown_grace", default.shutdown_grace)
+    s.finish()
+    if grpc_listen == http_listen and not grpc_listen.endswith(":0"):
+        raise s.error("http_listen", "must differ from grpc_listen")
+    return ServerConfig(grpc_listen, http_listen, grace)
+
+
+def _listen(s: _Section, name: str, default: str) -> str:
+    value = s.string(name, default)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise s.error(name, f"must be host:port, got {value!r}")
+    return value
+
+
+def _issuer(s: _Section, base: Path) -> IssuerConfig:
+    issuer = s.string("issuer")
+    algorithms = s.string_list("algorithms")
+    if not algorithms:
+        raise s.error("algorithms", "must list at least one algorithm")
+    for i, alg in enumerate(algorithms):
+        if alg not in SUPPORTED_ALGORITHMS:
+            raise s.error(
+                f"algorithms[{i}]",
+                f"{alg!r} is not allowed; use asymmetric algorithms only: "
+                + ", ".join(sorted(SUPPORTED_ALGORITHMS)),
+            )
+    if not s.has("jwks_file"):
+        raise s.error("jwks_file", "is required (the issuer's signing keys, a JWKS document)")
+    jwks_file = base / s.string("jwks_file")
+    s.finish()
+    return IssuerConfig(issuer, frozenset(algorithms), jwks_file)
+
+
+def _tokens(s: _Section) -> TokenPolicy:
+    default = TokenPolicy()
+    typ_value = s.string("typ", "at+jwt")
+    depth = s.raw("max_delegation_depth") if s.has("max_delegation_depth") else 2
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
+        raise s.error("max_delegation_depth", f"must be a whole number >= 0, got {depth!r}")
+    policy = TokenPolicy(
+        typ=None if typ_value == "any" else typ_value.lower().removeprefix("application/"),
+        max_lifetime=s.duration("max_lifetime", default.max_lifetime),
+        leeway=_leeway(s, default.leeway),
+        max_delegation_depth=depth,
+        delegation=s.choice(  # type: ignore[arg-type]  # checked by choice()
+            "delegation", ("current_actor", "intersect"), default.delegation
+        ),
+    )
+    s.finish()
+    return policy
+
+
+def _leeway(s: _Section, default: float) -> float:
+    leeway = s.duration("leeway", default, allow_zero=True)
+    if leeway > 300:
+        raise s.error("leeway", "must be at most 5m; clock skew beyond that is a fault to fix")
+    return leeway
+
+
+def _agent(s: _Section) -> AgentConfig:
+    agent_id = s.string("id")
+    permissions = s.string_list("permissions", required=False)
+    for i, grant in enumerate(permissions):
+        problem = permission_problem(grant, allow_wildcard=True)
+        if problem:
+            raise s.error(f"permissions[{i}]", problem)
+    default = AgentConfig(agent_id, GrantSet(()))
+    agent = AgentConfig(
+        id=agent_id,
+        permissions=GrantSet(permissions),
+        delegated=s.boolean("delegated", default.delegated),
+        autonomous=s.boolean("autonomous", default.autonomous),
+        disabled=s.boolean("disabled", default.disabled),
+    )
+    s.finish()
+    return agent
+
+
+def _resources(top: _Section) -> tuple[Resource, ...]:
+    resources: list[Resource] = []
+    owner_of_host: dict[str, str] = {}
+    for s in top.items("resources"):
+        resource = _resource(s)
+        for i, host in enumerate(resource.hosts):
+            key = host.lower()
+            if key in owner_of_host:
+                raise s.error(f"hosts[{i}]", f"{host!r} is already used by {owner_of_host[key]!r}")
+            owner_of_host[key] = resource.name
+        resources.append(resource)
+    names = [r.name for r in resources]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise top.error(f"resources[{i}].name", f"duplicate resource {name!r}")
+    return tuple(resources)
+
+
+def _resource(s: _Section) -> Resource:
+    name = s.string("name")
+    hosts = s.string_list("hosts")
+    if not hosts:
+        raise s.error("hosts", "must list at least one host")
+    audience = s.string("audience")
+    routes = tuple(_route(r) for r in s.items("routes"))
+    s.finish()
+    return Resource(name=name, hosts=tuple(hosts), audience=audience, routes=routes)
+
+
+def _route(s: _Section) -> Route:
+    method = s.string("method").upper()
+    if method not in HTTP_METHODS:
+        raise s.error("method", f"must be one of {', '.join(sorted(HTTP_METHODS))}")
+    try:
+        path = PathTemplate.parse(s.string("path"))
+    except ValueError as err:
+        raise s.error("path", str(err)) from err
+    has_permission, has_tools = s.has("permission"), s.has("mcp_tools")
+    if has_permission == has_tools:
+        raise s.error("permission", "a route needs exactly one of 'permission' or 'mcp_tools'")
+    if has_permission:
+        permission = s.string("permission")
+        problem = permission_problem(permission, allow_wildcard=False)
+        if problem:
+            raise s.error("permission", problem)
+        s.finish()
+        return Route(method, path, permission=permission)
+    tools = s.section("mcp_tools")
+    mapping: dict[str, str] = {}
+    for tool in list(tools.data):
+        if not isinstance(tool, str) or not tool:
+            raise tools.error(str(tool), "tool names must be non-empty strings")
+        permission = tools.string(tool)
+        problem = permission_problem(permission, allow_wildcard=False)
+        if problem:
+            raise tools.error(tool, problem)
+        mapping[tool] = permission
+    tools.finish()
+    s.finish()
+    return Route(method, path, mcp_tools=mapping)
+
+
+def _feed(s: _Section, base: Path) -> FeedConfig:
+    default = FeedConfig(Path())
+    source = s.string("source")
+    if "://" in source:
+        raise s.error("source", "only a file path is supported in this version")
+    feed = FeedConfig(
+        source=base / source,
+        refresh=s.duration("refresh", default.refresh),
+        max_staleness=s.duration("max_staleness", default.max_staleness),
+    )
+    s.finish()
+    if feed.max_staleness <= feed.refresh:
+        raise s.error("max_staleness", "must be longer than refresh, or every feed goes stale")
+    return feed
+
+
+def _response(s: _Section) -> ResponseConfig:
+    default = ResponseConfig()
+    realm = s.string("realm", default.realm)
+    if '"' in realm or "\\" in realm:
+        raise s.error("realm", "must not contain quotes or backslashes")
+    response = ResponseConfig(
+        forward_authorization=s.boolean("forward_authorization", default.forward_authorization),
+        realm=realm,
+    )
+    s.finish()
+    return response
+
+
+def _unique(items: list[T], key: Callable[[T], str], top: _Section, name: str) -> dict[str, T]:
+    result: dict[str, T] = {}
+    for i, item in enumerate(items):
+        k = key(item)
+        if k in result:
+            raise top.error(f"{name}[{i}]", f"duplicate entry {k!r}")
+        result[k] = item
+    return result
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"boolean {value}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    return type(value).__name__

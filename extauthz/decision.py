@@ -1,0 +1,152 @@
+"""The decision core: one request in, one Decision out. Pure: no I/O, no clock, no gRPC.
+
+Allowed only when the required permission is granted by the agent's configured
+permissions AND (for a delegated call) the user's current permissions from the feed AND
+the token's scope. Steps run in the contract's fixed order:
+token → agent → chain → user → route → permissions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from extauthz.config import AgentConfig, Config
+from extauthz.errors import (
+    AccessForbidden,
+    Denied,
+    Reason,
+    ServiceUnavailable,
+    TokenRejected,
+)
+from extauthz.feed.cache import FeedState
+from extauthz.model import Decision, Identity, RequestAttributes
+from extauthz.permissions import GrantSet
+from extauthz.routes import RouteMatch, match_route
+from extauthz.tokens.identity import identity_from_claims
+from extauthz.tokens.keys import KeySet
+from extauthz.tokens.verify import bearer_token, validate_claims, verify_signature
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyView:
+    """Everything a decision reads, taken once per request so a reload mid-request
+    cannot mix two configs or two feeds."""
+
+    config: Config
+    key_sets: Mapping[str, KeySet]
+    feed: FeedState
+
+
+def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision:
+    """Decide one request. Never raises for bad input: every refusal is a Decision."""
+    config = view.config
+    resource = config.resources.resource_for_host(request.host)
+    # Filled in as steps pass, so a deny still records what was established before it.
+    partial = Decision(
+        Reason.ALLOWED,
+        resource=resource.name if resource else None,
+        audience=resource.audience if resource else None,
+    )
+    try:
+        token = bearer_token(request.headers.get("authorization"))
+        signed = verify_signature(token, config.issuers, view.key_sets, config.tokens)
+        partial = replace(
+            partial,
+            issuer=signed.issuer,
+            client_id=_claim_str(signed.claims, "client_id"),
+            jti=_claim_str(signed.claims, "jti"),
+        )
+        validate_claims(signed.claims, config.tokens, partial.audience, now)
+        identity = identity_from_claims(
+            signed.claims, signed.issuer, config.tokens.max_delegation_depth
+        )
+        partial = replace(partial, identity=identity)
+        actors = _authorized_actors(identity, config)
+        user_grants = _user_grants(identity, view.feed, config, now)
+        if resource is None:
+            raise AccessForbidden(Reason.ROUTE_UNKNOWN, f"no resource for host {request.host!r}")
+        match = match_route(resource, request)
+        partial = replace(
+            partial,
+            permission=match.permission,
+            mcp_method=match.mcp_method,
+            mcp_tool=match.mcp_tool,
+        )
+        return _check_permission(partial, match, actors, user_grants, identity)
+    except Denied as denied:
+        return replace(partial, reason=denied.reason, detail=denied.detail)
+
+
+def _authorized_actors(identity: Identity, config: Config) -> tuple[AgentConfig, ...]:
+    """The agents whose permissions bound this call: the current actor, or with
+    ``delegation: intersect`` every actor in the chain."""
+    agent = _registered_agent(identity.agent, config)
+    if identity.user is None:
+        if not agent.autonomous:
+            raise AccessForbidden(Reason.AGENT_NOT_AUTONOMOUS, f"{agent.id} may not act alone")
+    elif not agent.delegated:
+        raise AccessForbidden(Reason.AGENT_NOT_DELEGATED, f"{agent.id} may not act for users")
+    if config.tokens.delegation != "intersect":
+        return (agent,)
+    return (agent, *(_registered_agent(a, config) for a in identity.actor_chain[1:]))
+
+
+def _registered_agent(agent_id: str, config: Config) -> AgentConfig:
+    agent = config.agents.get(agent_id)
+    if agent is None:
+        raise TokenRejected(Reason.AGENT_UNKNOWN, f"agent {agent_id!r} is not registered")
+    if agent.disabled:
+        raise TokenRejected(Reason.AGENT_DISABLED, f"agent {agent_id!r} is disabled")
+    return agent
+
+
+def _user_grants(
+    identity: Identity, feed: FeedState, config: Config, now: float
+) -> GrantSet | None:
+    if identity.user is None:
+        return None
+    if feed.snapshot is None or not feed.is_fresh(now, config.feed.max_staleness):
+        raise ServiceUnavailable(Reason.FEED_STALE, "user-permission feed is stale")
+    entry = feed.snapshot.users.get(identity.user)
+    if entry is None:
+        raise AccessForbidden(Reason.USER_UNKNOWN, "user is not in the feed")
+    if entry.disabled:
+        raise TokenRejected(Reason.USER_DISABLED, "user is disabled")
+    return entry.permissions
+
+
+def _check_permission(
+    partial: Decision,
+    match: RouteMatch,
+    actors: tuple[AgentConfig, ...],
+    user_grants: GrantSet | None,
+    identity: Identity,
+) -> Decision:
+    permission = match.permission
+    if permission is None:
+        # MCP methods other than tools/call need a valid token and agent, nothing more.
+        return partial
+    agent_has = all(a.permissions.grants_permission(permission) for a in actors)
+    user_has = None if user_grants is None else user_grants.grants_permission(permission)
+    scope_has = GrantSet(identity.scopes).grants_permission(permission)
+    lacking = tuple(
+        side
+        for side, has in (("agent", agent_has), ("user", user_has), ("scope", scope_has))
+        if has is False
+    )
+    decided = replace(
+        partial, agent_has=agent_has, user_has=user_has, scope_has=scope_has, lacking=lacking
+    )
+    if not agent_has:
+        return replace(decided, reason=Reason.AGENT_LACKS_PERMISSION)
+    if user_has is False:
+        return replace(decided, reason=Reason.USER_LACKS_PERMISSION)
+    if not scope_has:
+        return replace(decided, reason=Reason.SCOPE_LACKS_PERMISSION)
+    return decided
+
+
+def _claim_str(claims: Mapping[str, object], name: str) -> str | None:
+    value = claims.get(name)
+    return value if isinstance(value, str) else None

@@ -1,0 +1,112 @@
+"""One JSON line per decision, on stdout, flushed as written.
+
+The record is built field by field from the Decision and request attributes: it has no
+field that could carry the token or any header value, so a token cannot leak into it.
+Operational logs go to stderr (see ``logs.py``), so a collector can route the two apart.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from extauthz.model import Decision, RequestAttributes
+
+FIELDS = (
+    "ts",
+    "decision_id",
+    "decision",
+    "reason",
+    "status",
+    "mode",
+    "agent",
+    "actor_chain",
+    "user",
+    "client_id",
+    "issuer",
+    "jti",
+    "audience",
+    "resource",
+    "method",
+    "host",
+    "path",
+    "permission",
+    "mcp_tool",
+    "agent_has",
+    "user_has",
+    "scope_has",
+    "feed_version",
+    "feed_age_s",
+    "policy_version",
+    "request_id",
+    "source",
+    "latency_us",
+)
+
+
+def decision_record(
+    *,
+    now: float,
+    decision_id: str,
+    decision: Decision,
+    request: RequestAttributes,
+    mode: str,
+    status: int,
+    would_status: int | None,
+    feed_version: str | None,
+    feed_age_s: float | None,
+    policy_version: str,
+    latency_us: int,
+) -> dict[str, Any]:
+    """The decision line as a dict with the keys of ``FIELDS`` (plus ``would_status`` and
+    ``mcp_method`` where they apply)."""
+    identity = decision.identity
+    record: dict[str, Any] = {
+        "ts": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
+        "decision_id": decision_id,
+        "decision": "allow" if decision.allowed else "deny",
+        "reason": decision.reason.value,
+        "status": status,
+        "mode": mode,
+        "agent": identity.agent if identity else None,
+        "actor_chain": list(identity.actor_chain) if identity else [],
+        "user": identity.user if identity else None,
+        "client_id": decision.client_id,
+        "issuer": decision.issuer,
+        "jti": decision.jti,
+        "audience": decision.audience,
+        "resource": decision.resource,
+        "method": request.method,
+        "host": request.host,
+        "path": request.path,
+        "permission": decision.permission,
+        "mcp_tool": decision.mcp_tool,
+        "agent_has": decision.agent_has,
+        "user_has": decision.user_has,
+        "scope_has": decision.scope_has,
+        "feed_version": feed_version,
+        "feed_age_s": None if feed_age_s is None else round(feed_age_s, 3),
+        "policy_version": policy_version,
+        "request_id": request.request_id,
+        "source": request.source,
+        "latency_us": latency_us,
+    }
+    if decision.mcp_method is not None:
+        record["mcp_method"] = decision.mcp_method
+    if would_status is not None:
+        record["would_status"] = would_status
+    return record
+
+
+class DecisionLog:
+    """Writes decision lines to a text stream (stdout in production)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._stream.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+        # Flushed per line: a collector must see each decision within a second, and a
+        # crash must not take buffered audit lines with it.
+        self._stream.flush()

@@ -1,0 +1,174 @@
+"""The only module that knows Envoy's ext_authz types.
+
+``request_from_check`` turns a CheckRequest into RequestAttributes; ``check_response``
+turns a Decision into a CheckResponse. The domain never imports Envoy's protos.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from extauthz.config import ResponseConfig
+from extauthz.errors import OUTCOMES, Reason
+from extauthz.model import Decision, RequestAttributes
+
+HEADER_AGENT = "x-extauthz-agent"
+HEADER_USER = "x-extauthz-user"
+HEADER_PERMISSION = "x-extauthz-permission"
+HEADER_DECISION_ID = "x-extauthz-decision-id"
+IDENTITY_HEADERS = (HEADER_AGENT, HEADER_USER, HEADER_PERMISSION, HEADER_DECISION_ID)
+# Envoy marks a body cut at with_request_body.max_request_bytes with this header.
+PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_GRPC_CODE_OF_STATUS = {
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    500: code_pb2.INTERNAL,
+    503: code_pb2.UNAVAILABLE,
+}
+_ERROR_OF_STATUS = {500: "server_error", 503: "temporarily_unavailable"}
+
+
+def request_from_check(check: external_auth_pb2.CheckRequest) -> RequestAttributes:
+    http = check.attributes.request.http
+    headers: dict[str, str] = dict(http.headers)
+    if not headers and http.header_map.headers:
+        # Envoy sends header_map instead of headers when encode_raw_headers is on.
+        for entry in http.header_map.headers:
+            headers[entry.key.lower()] = entry.value or entry.raw_value.decode("utf-8", "replace")
+    if http.raw_body:
+        body: bytes | None = http.raw_body
+    elif http.body:
+        body = http.body.encode("utf-8")
+    else:
+        body = None
+    socket = check.attributes.source.address.socket_address
+    return RequestAttributes(
+        method=http.method,
+        host=http.host or headers.get(":authority", ""),
+        # Envoy passes the path undecoded and with the query; we authorize the path alone.
+        path=http.path.split("?", 1)[0],
+        headers=headers,
+        body=body,
+        body_truncated=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
+        request_id=http.id or headers.get("x-request-id", ""),
+        source=socket.address,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the client gets: HTTP status and (on deny) the challenge and JSON body."""
+
+    status: int
+    www_authenticate: str | None
+    body: str | None
+
+
+def answer_for(decision: Decision, decision_id: str, realm: str) -> Answer:
+    """The HTTP answer for a decision (as enforced; dry-run handling is the caller's)."""
+    outcome = OUTCOMES[decision.reason]
+    if decision.allowed:
+        return Answer(200, None, None)
+    challenge: str | None = None
+    if outcome.status == 401 or outcome.bearer_error is not None:
+        params = [f'realm="{realm}"']
+        if outcome.bearer_error is not None:
+            params.append(f'error="{outcome.bearer_error}"')
+            params.append(f'error_description="{decision.reason.value}"')
+        if outcome.names_scope and decision.permission:
+            params.append(f'scope="{decision.permission}"')
+        challenge = "Bearer " + ", ".join(params)
+    body: dict[str, object] = {
+        "error": outcome.bearer_error or _ERROR_OF_STATUS.get(outcome.status, "access_denied"),
+        "reason": decision.reason.value,
+        "decision_id": decision_id,
+    }
+    if outcome.names_scope and decision.permission:
+        body["permission"] = decision.permission
+    if decision.lacking:
+        body["lacking"] = list(decision.lacking)
+    return Answer(outcome.status, challenge, json.dumps(body, separators=(",", ":")))
+
+
+def check_response(
+    decision: Decision,
+    decision_id: str,
+    response_config: ResponseConfig,
+    *,
+    enforce: bool,
+) -> external_auth_pb2.CheckResponse:
+    """Build Envoy's answer. With ``enforce`` False (dry run) a deny is sent as an allow
+    that carries no identity, since an untrusted identity must not reach the upstream."""
+    metadata = struct_pb2.Struct()
+    metadata.update(
+        {"decision_id": decision_id, "reason": decision.reason.value, "allowed": decision.allowed}
+    )
+    if decision.allowed or not enforce:
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.OK),
+            ok_response=_ok_response(decision, decision_id, response_config),
+            dynamic_metadata=metadata,
+        )
+    answer = answer_for(decision, decision_id, response_config.realm)
+    headers = [_header("content-type", "application/json")]
+    if answer.www_authenticate is not None:
+        headers.append(_header("www-authenticate", answer.www_authenticate))
+    headers.append(_header(HEADER_DECISION_ID, decision_id))
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=_GRPC_CODE_OF_STATUS.get(answer.status, code_pb2.UNKNOWN)),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=answer.status),
+            headers=headers,
+            body=answer.body or "",
+        ),
+        dynamic_metadata=metadata,
+    )
+
+
+def _ok_response(
+    decision: Decision, decision_id: str, response_config: ResponseConfig
+) -> external_auth_pb2.OkHttpResponse:
+    values: dict[str, str | None] = {HEADER_DECISION_ID: decision_id}
+    identity = decision.identity if decision.allowed else None
+    values[HEADER_AGENT] = identity.agent if identity else None
+    values[HEADER_USER] = identity.user if identity else None
+    values[HEADER_PERMISSION] = decision.permission if decision.allowed else None
+    # Headers the client sent under our names are overwritten or removed, never passed on.
+    remove = [name for name, value in values.items() if value is None]
+    if not response_config.forward_authorization:
+        remove.append("authorization")
+    return external_auth_pb2.OkHttpResponse(
+        headers=[_header(name, value) for name, value in values.items() if value is not None],
+        headers_to_remove=remove,
+    )
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
+    )
+
+
+def status_of(decision: Decision) -> int:
+    return OUTCOMES[decision.reason].status
+
+
+__all__ = [
+    "IDENTITY_HEADERS",
+    "Answer",
+    "Reason",
+    "answer_for",
+    "check_response",
+    "request_from_check",
+    "status_of",
+]

@@ -1,0 +1,102 @@
+"""Prometheus metrics, defined on an injected registry so tests get a fresh one each."""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from extauthz import __version__
+from extauthz.errors import Reason
+
+# Checks are sub-millisecond work; the buckets resolve that range and still show outliers.
+CHECK_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+REFRESH_OUTCOMES = ("success", "not_modified", "error")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.check_duration = Histogram(
+            "extauthz_check_duration_seconds",
+            "Time to decide one ext_authz Check, from request received to response built.",
+            ["decision"],
+            buckets=CHECK_BUCKETS,
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "extauthz_decisions_total",
+            "Decisions by outcome and reason code (the decision-log reason).",
+            ["decision", "reason"],
+            registry=registry,
+        )
+        self.feed_age = Gauge(
+            "extauthz_feed_age_seconds",
+            "Seconds since the user-permission feed was last refreshed; +Inf before the first.",
+            registry=registry,
+        )
+        self.feed_users = Gauge(
+            "extauthz_feed_users",
+            "Users in the current feed snapshot, disabled ones included.",
+            registry=registry,
+        )
+        self.feed_refreshes = Counter(
+            "extauthz_feed_refresh_total",
+            "Feed refresh attempts by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.issuer_keys = Gauge(
+            "extauthz_issuer_keys",
+            "Signing keys loaded per configured issuer.",
+            ["issuer"],
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "extauthz_build_info",
+            "Always 1; labels say which extauthz and Python are running.",
+            ["version", "python"],
+            registry=registry,
+        )
+        self.config_info = Gauge(
+            "extauthz_config_info",
+            "Always 1; labels say which policy version and mode are in force.",
+            ["policy_version", "mode"],
+            registry=registry,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        # Every series exists from the start, so rates and alerts see zeros, not gaps.
+        for reason in Reason:
+            self.decisions.labels("allow" if reason is Reason.ALLOWED else "deny", reason.value)
+        for decision in ("allow", "deny"):
+            self.check_duration.labels(decision)
+        for refresh_outcome in REFRESH_OUTCOMES:
+            self.feed_refreshes.labels(refresh_outcome)
+        self.feed_age.set(math.inf)
+
+    def track_feed_age(self, age: Callable[[], float | None]) -> None:
+        self.feed_age.set_function(lambda: _or_inf(age()))
+
+    def set_config(self, policy_version: str, mode: str) -> None:
+        self.config_info.clear()
+        self.config_info.labels(policy_version, mode).set(1)
+
+
+def _or_inf(value: float | None) -> float:
+    return math.inf if value is None else value

@@ -1,0 +1,201 @@
+"""Request → resource, route and required permission. Pure: no I/O.
+
+A resource is chosen by the request's host (case-insensitive; a configured host without a
+port matches that host on any port). Within it, routes are tried in config order and the
+first whose method and path template match wins. An MCP route reads the JSON-RPC body:
+``tools/call`` needs the permission mapped to ``params.name``; other MCP methods need none.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from extauthz.errors import AccessForbidden, Reason, RequestInvalid
+from extauthz.model import RequestAttributes
+
+# Request path segments that must never reach a template match: dot segments could make
+# the path we authorize differ from the one the upstream serves (RFC 3986 §5.2.4), and an
+# encoded slash or backslash could make one segment two.
+_DOT_SEGMENTS = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
+_ENCODED_SEPARATORS = ("%2f", "%5c")
+
+
+@dataclass(frozen=True, slots=True)
+class PathTemplate:
+    """A path like ``/tickets/{id}``: literal segments, and ``{name}`` for any one segment."""
+
+    text: str
+    # None marks a ``{name}`` segment.
+    segments: tuple[str | None, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> PathTemplate:
+        """Compile a template. Raises ValueError saying what is wrong with it."""
+        if not text.startswith("/"):
+            raise ValueError(f"path {text!r} must start with '/'")
+        if "?" in text or "#" in text:
+            raise ValueError(f"path {text!r} must not contain a query or fragment")
+        segments: list[str | None] = []
+        for raw in text[1:].split("/"):
+            if raw.startswith("{") and raw.endswith("}") and len(raw) > 2:
+                segments.append(None)
+            elif "{" in raw or "}" in raw:
+                raise ValueError(f"path {text!r}: segment {raw!r} is not a whole '{{name}}'")
+            elif raw in (".", ".."):
+                raise ValueError(f"path {text!r} must not contain dot segments")
+            else:
+                segments.append(raw)
+        return cls(text, tuple(segments))
+
+    def matches(self, request_segments: list[str]) -> bool:
+        if len(request_segments) != len(self.segments):
+            return False
+        for want, got in zip(self.segments, request_segments, strict=True):
+            if want is None:
+                if not got:
+                    return False
+            elif want != got:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: PathTemplate
+    # Exactly one of these is set: a plain route needs ``permission``, an MCP route maps tools.
+    permission: str | None = None
+    mcp_tools: Mapping[str, str] | None = None
+
+    @property
+    def is_mcp(self) -> bool:
+        return self.mcp_tools is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    name: str
+    hosts: tuple[str, ...]
+    audience: str
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """What a request needs. ``permission`` is None for MCP methods that need only a token."""
+
+    resource: Resource
+    route: Route
+    permission: str | None
+    mcp_method: str | None = None
+    mcp_tool: str | None = None
+
+
+class ResourceTable:
+    """Host → resource lookup, prepared once per config."""
+
+    __slots__ = ("_any_port", "_with_port", "resources")
+
+    def __init__(self, resources: tuple[Resource, ...]) -> None:
+        self.resources = resources
+        self._with_port: dict[str, Resource] = {}
+        self._any_port: dict[str, Resource] = {}
+        for resource in resources:
+            for host in resource.hosts:
+                name, port = split_host_port(host.lower())
+                if port is None:
+                    self._any_port[name] = resource
+                else:
+                    self._with_port[f"{name}:{port}"] = resource
+
+    def resource_for_host(self, host: str) -> Resource | None:
+        name, port = split_host_port(host.lower())
+        if port is not None:
+            exact = self._with_port.get(f"{name}:{port}")
+            if exact is not None:
+                return exact
+        return self._any_port.get(name)
+
+
+def split_host_port(host: str) -> tuple[str, str | None]:
+    """Split ``host[:port]``, bracketed IPv6 included. The name is returned as given."""
+    if host.startswith("["):
+        end = host.find("]")
+        if end != -1:
+            rest = host[end + 1 :]
+            if rest.startswith(":") and rest[1:].isdigit():
+                return host[: end + 1], rest[1:]
+            return host[: end + 1], None
+        return host, None
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:
+        return name, port
+    return host, None
+
+
+def match_route(resource: Resource, request: RequestAttributes) -> RouteMatch:
+    """Find the route and required permission for a request on ``resource``.
+
+    Raises AccessForbidden(route_unknown / mcp_tool_unknown) or
+    RequestInvalid(mcp_request_invalid).
+    """
+    segments = _request_segments(request.path)
+    if segments is None:
+        raise AccessForbidden(Reason.ROUTE_UNKNOWN, f"unsafe path {request.path!r}")
+    method = request.method.upper()
+    for route in resource.routes:
+        if route.method == method and route.path.matches(segments):
+            if route.mcp_tools is None:
+                return RouteMatch(resource, route, route.permission)
+            return _match_mcp(resource, route, route.mcp_tools, request)
+    raise AccessForbidden(Reason.ROUTE_UNKNOWN, f"no route for {method} {request.path}")
+
+
+def _request_segments(path: str) -> list[str] | None:
+    if not path.startswith("/"):
+        return None
+    segments = path[1:].split("/")
+    if "%" in path or "." in path:
+        for segment in segments:
+            lowered = segment.lower()
+            if lowered in _DOT_SEGMENTS or any(s in lowered for s in _ENCODED_SEPARATORS):
+                return None
+    return segments
+
+
+def _match_mcp(
+    resource: Resource, route: Route, tools: Mapping[str, str], request: RequestAttributes
+) -> RouteMatch:
+    if request.body_truncated:
+        # Envoy cut the body at max_request_bytes: never authorize a call we cannot see whole.
+        raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "request body was truncated by Envoy")
+    if not request.body:
+        raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "MCP request without a body")
+    message = _parse_json_rpc(request.body)
+    mcp_method = message["method"]
+    if mcp_method != "tools/call":
+        return RouteMatch(resource, route, None, mcp_method=mcp_method)
+    params = message.get("params")
+    tool = params.get("name") if isinstance(params, dict) else None
+    if not isinstance(tool, str) or not tool:
+        raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "tools/call without a tool name")
+    permission = tools.get(tool)
+    if permission is None:
+        raise AccessForbidden(Reason.MCP_TOOL_UNKNOWN, f"tool {tool!r} is not mapped")
+    return RouteMatch(resource, route, permission, mcp_method=mcp_method, mcp_tool=tool)
+
+
+def _parse_json_rpc(body: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError) as err:
+        raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "body is not JSON") from err
+    if not isinstance(message, dict):
+        # JSON-RPC batches were removed from MCP (2025-06-18); one message per request.
+        raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "body is not one JSON-RPC object")
+    if message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
+        raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "body is not a JSON-RPC 2.0 request")
+    return message

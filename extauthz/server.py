@@ -1,0 +1,154 @@
+"""Lifecycle: load config and keys, start gRPC and HTTP, refresh the feed, drain on stop.
+
+Health: the gRPC health service (overall and ``envoy.service.auth.v3.Authorization``) and
+``/readyz`` report SERVING once config, keys and a first feed are loaded. On SIGTERM or
+SIGINT both turn NOT_SERVING, new RPCs are refused and in-flight checks get
+``server.shutdown_grace`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from prometheus_client import CollectorRegistry
+
+from extauthz.config import Config, load_config
+from extauthz.decision_log import DecisionLog
+from extauthz.errors import FeedError
+from extauthz.feed.file_source import FileFeedSource, RefreshOutcome
+from extauthz.http_endpoints import HttpEndpoints
+from extauthz.metrics import Metrics
+from extauthz.service import AuthorizationServicer, CheckHandler, Runtime
+from extauthz.tokens.keys import KeySet, load_jwks_file
+
+log = logging.getLogger("extauthz.server")
+AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+def load_key_sets(config: Config) -> dict[str, KeySet]:
+    """Load every issuer's JWKS file. Raises ConfigError naming the file and key."""
+    return {i.issuer: load_jwks_file(i.issuer, i.jwks_file) for i in config.issuers.values()}
+
+
+class Server:
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.runtime = Runtime(config, load_key_sets(config))
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics.set_config(config.policy_version, config.mode)
+        for issuer, key_set in self.runtime.key_sets.items():
+            self.metrics.issuer_keys.labels(issuer).set(len(key_set.keys))
+        self.metrics.track_feed_age(lambda: self.runtime.feed.state.age(time.time()))
+        self.handler = CheckHandler(self.runtime, self.metrics, DecisionLog(sys.stdout))
+        self.feed_source = FileFeedSource(config.feed.source)
+        self.health = HealthServicer()
+        self.http = HttpEndpoints(self.metrics.registry, lambda: self.runtime.ready)
+        self._grpc: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self.grpc_port = 0
+        self.http_port = 0
+
+    def refresh_feed(self) -> RefreshOutcome:
+        try:
+            outcome = self.feed_source.refresh(self.runtime.feed, time.time())
+        except FeedError as err:
+            outcome = RefreshOutcome.ERROR
+            log.error("feed rejected; keeping the last good one", extra={"error": str(err)})
+        else:
+            snapshot = self.runtime.feed.state.snapshot
+            if outcome is RefreshOutcome.SUCCESS and snapshot is not None:
+                self.metrics.feed_users.set(len(snapshot.users))
+                log.info(
+                    "feed loaded",
+                    extra={"feed_version": snapshot.version, "users": len(snapshot.users)},
+                )
+        self.metrics.feed_refreshes.labels(outcome.value).inc()
+        return outcome
+
+    async def start(self) -> None:
+        # A large feed takes a moment to parse; do it off the event loop.
+        await asyncio.to_thread(self.refresh_feed)
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationServicer(self.handler), self._grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        self.grpc_port = self._grpc.add_insecure_port(self.config.server.grpc_listen)
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen on {self.config.server.grpc_listen}")
+        await self._grpc.start()
+        self.http_port = await self.http.start(self.config.server.http_listen)
+        await self._update_health()
+        self._tasks.append(asyncio.create_task(self._feed_loop(), name="feed-refresh"))
+        log.info(
+            "serving",
+            extra={
+                "grpc": self.config.server.grpc_listen,
+                "grpc_port": self.grpc_port,
+                "http_port": self.http_port,
+                "policy_version": self.config.policy_version,
+                "mode": self.config.mode,
+                "ready": self.runtime.ready,
+            },
+        )
+
+    async def _update_health(self) -> None:
+        serving = self.runtime.ready and not self._stopping.is_set()
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set("", status)
+        await self.health.set(AUTHORIZATION_SERVICE, status)
+
+    async def _feed_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.feed.refresh)
+            if self._stopping.is_set():
+                return
+            await asyncio.to_thread(self.refresh_feed)
+            await self._update_health()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self.health.enter_graceful_shutdown()
+        self.http.draining = True
+        if self._grpc is not None:
+            await self._grpc.stop(self.config.server.shutdown_grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.http.stop()
+        log.info("stopped")
+
+
+async def serve(config_path: str) -> None:
+    """Run until SIGTERM or SIGINT. Raises ConfigError when the config or keys are invalid."""
+    server = Server(load_config(config_path))
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": server.config.server.shutdown_grace})
+    await server.stop()

@@ -1,0 +1,191 @@
+"""Access-token verification, in the fixed order the contract gives.
+
+well-formed → ``iss`` configured → ``alg`` allowed → ``typ`` → key by ``kid`` → signature →
+required claims → ``exp`` → ``nbf``/``iat`` → lifetime → ``aud``.
+
+The order makes one token with several faults always get the same reason. Header fields
+are attacker input: they select among configured keys and algorithms, never add to them
+(RFC 8725 §3.1, §3.10). Signatures are checked with PyJWT's algorithm objects over the
+``cryptography`` library. ``now`` is passed in: nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import math
+from base64 import urlsafe_b64decode
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jwt.algorithms import Algorithm, get_default_algorithms
+
+from extauthz.config import SUPPORTED_ALGORITHMS, IssuerConfig, TokenPolicy
+from extauthz.errors import Reason, ServiceUnavailable, TokenRejected
+from extauthz.tokens.keys import KeySet
+
+# Real access tokens are a few kB; anything far bigger is garbage or an attack on parsing.
+MAX_TOKEN_LENGTH = 16 * 1024
+_B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_ALGORITHMS: dict[str, Algorithm] = {
+    name: alg for name, alg in get_default_algorithms().items() if name in SUPPORTED_ALGORITHMS
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SignedToken:
+    """A token whose signature verified against a configured key of its issuer."""
+
+    header: Mapping[str, Any]
+    claims: Mapping[str, Any]
+    issuer: str
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token from an ``Authorization: Bearer`` header (RFC 6750 §2.1).
+
+    Raises TokenRejected(token_missing) when there is no bearer credential at all, and
+    TokenRejected(token_malformed) for a bearer header that carries no usable token.
+    """
+    if not authorization:
+        raise TokenRejected(Reason.TOKEN_MISSING, "no authorization header")
+    scheme, _, rest = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise TokenRejected(Reason.TOKEN_MISSING, "authorization header is not a bearer token")
+    token = rest.strip()
+    if not token:
+        raise TokenRejected(Reason.TOKEN_MALFORMED, "empty bearer token")
+    return token
+
+
+def verify_signature(
+    token: str,
+    issuers: Mapping[str, IssuerConfig],
+    key_sets: Mapping[str, KeySet],
+    policy: TokenPolicy,
+) -> SignedToken:
+    """Check everything up to and including the signature.
+
+    Raises TokenRejected with the reason for the first failing step, or
+    ServiceUnavailable(keys_unavailable) when the issuer has no keys loaded.
+    """
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise TokenRejected(Reason.TOKEN_MALFORMED, f"token longer than {MAX_TOKEN_LENGTH} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenRejected(Reason.TOKEN_MALFORMED, "not three dot-separated parts")
+    header = _json_object(_b64decode(parts[0], "header"), "header")
+    claims = _json_object(_b64decode(parts[1], "payload"), "payload")
+    signature = _b64decode(parts[2], "signature")
+    if "crit" in header:
+        # We understand no JWS extensions, so any critical one must fail (RFC 7515 §4.1.11).
+        raise TokenRejected(Reason.TOKEN_MALFORMED, "unsupported critical header")
+
+    issuer = claims.get("iss")
+    issuer_config = issuers.get(issuer) if isinstance(issuer, str) else None
+    if issuer_config is None:
+        raise TokenRejected(Reason.TOKEN_WRONG_ISSUER, "issuer is not configured")
+
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in issuer_config.algorithms:
+        raise TokenRejected(Reason.TOKEN_ALGORITHM_NOT_ALLOWED, f"alg {alg!r} not allowed")
+
+    if policy.typ is not None:
+        typ = header.get("typ")
+        media_type = typ.lower().removeprefix("application/") if isinstance(typ, str) else None
+        if media_type != policy.typ:
+            raise TokenRejected(Reason.TOKEN_WRONG_TYPE, f"typ {typ!r} is not {policy.typ}")
+
+    key_set = key_sets.get(issuer_config.issuer)
+    if key_set is None or not key_set.keys:
+        raise ServiceUnavailable(Reason.KEYS_UNAVAILABLE, "no keys loaded for the issuer")
+    kid = header.get("kid")
+    key = key_set.keys.get(kid) if isinstance(kid, str) else None
+    if key is None:
+        raise TokenRejected(Reason.KEY_UNKNOWN, "kid does not name a configured key")
+    if not key.fits(alg):
+        raise TokenRejected(Reason.TOKEN_ALGORITHM_NOT_ALLOWED, f"key {kid!r} is not for {alg}")
+
+    signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
+    if not signature or not _verify(_ALGORITHMS[alg], signing_input, key.key, signature):
+        raise TokenRejected(Reason.TOKEN_INVALID_SIGNATURE, "signature does not verify")
+    return SignedToken(header, claims, issuer_config.issuer)
+
+
+def validate_claims(
+    claims: Mapping[str, Any], policy: TokenPolicy, audience: str | None, now: float
+) -> None:
+    """Check time claims, lifetime and audience of a signature-verified token.
+
+    ``audience`` None skips the audience step (no resource matched the host, so the
+    request is denied as route_unknown later anyway). Raises TokenRejected.
+    """
+    for name in ("exp", "iat", "sub"):
+        if name not in claims:
+            raise TokenRejected(Reason.TOKEN_CLAIM_MISSING, f"no {name!r} claim")
+    exp, iat = _number(claims, "exp"), _number(claims, "iat")
+    if not isinstance(claims["sub"], str) or not claims["sub"]:
+        raise TokenRejected(Reason.TOKEN_MALFORMED, "'sub' must be a non-empty string")
+    if now >= exp + policy.leeway:
+        raise TokenRejected(Reason.TOKEN_EXPIRED, "token has expired")
+    nbf = _number(claims, "nbf") if "nbf" in claims else None
+    if nbf is not None and now + policy.leeway < nbf:
+        raise TokenRejected(Reason.TOKEN_NOT_YET_VALID, "nbf is in the future")
+    if now + policy.leeway < iat:
+        raise TokenRejected(Reason.TOKEN_NOT_YET_VALID, "iat is in the future")
+    if exp - iat > policy.max_lifetime:
+        raise TokenRejected(Reason.TOKEN_LIFETIME_TOO_LONG, "exp - iat exceeds max_lifetime")
+    if audience is not None and not _has_audience(claims.get("aud"), audience):
+        raise TokenRejected(Reason.TOKEN_WRONG_AUDIENCE, "token is not for this resource")
+
+
+def _verify(algorithm: Algorithm, message: bytes, key: Any, signature: bytes) -> bool:
+    try:
+        return bool(algorithm.verify(message, key, signature))
+    except (ValueError, TypeError):
+        return False
+
+
+def _b64decode(part: str, what: str) -> bytes:
+    raw = part.encode("ascii", "replace")
+    # base64url without padding only (RFC 7515 §2); Python's decoder alone is too lenient.
+    if not _B64URL.issuperset(raw) or len(raw) % 4 == 1:
+        raise TokenRejected(Reason.TOKEN_MALFORMED, f"{what} is not base64url")
+    try:
+        return urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError) as err:
+        raise TokenRejected(Reason.TOKEN_MALFORMED, f"{what} is not base64url") from err
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        # Two parsers could pick different duplicates; refuse rather than guess.
+        raise ValueError("duplicate member name")
+    return result
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw, object_pairs_hook=_reject_duplicates)
+    except (ValueError, RecursionError) as err:
+        raise TokenRejected(Reason.TOKEN_MALFORMED, f"{what} is not valid JSON") from err
+    if not isinstance(value, dict):
+        raise TokenRejected(Reason.TOKEN_MALFORMED, f"{what} is not a JSON object")
+    return value
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float:
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TokenRejected(Reason.TOKEN_MALFORMED, f"{name!r} must be a number")
+    return float(value)
+
+
+def _has_audience(aud: object, audience: str) -> bool:
+    if isinstance(aud, str):
+        return aud == audience
+    if isinstance(aud, list):
+        return audience in aud
+    return False
