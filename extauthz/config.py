@@ -306,6 +306,8 @@ def _leeway(s: _Section, default: float) -> float:
 
 def _agent(s: _Section) -> AgentConfig:
     agent_id = s.string("id")
+    if not agent_id.isprintable():
+        raise s.error("id", "must not contain control characters")
     permissions = s.string_list("permissions", required=False)
     for i, grant in enumerate(permissions):
         problem = permission_problem(grant, allow_wildcard=True)

@@ -16,7 +16,7 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from extauthz.config import ResponseConfig
-from extauthz.errors import OUTCOMES, Reason
+from extauthz.errors import OUTCOMES
 from extauthz.model import Decision, RequestAttributes
 
 HEADER_AGENT = "x-extauthz-agent"
@@ -161,14 +161,3 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
 
 def status_of(decision: Decision) -> int:
     return OUTCOMES[decision.reason].status
-
-
-__all__ = [
-    "IDENTITY_HEADERS",
-    "Answer",
-    "Reason",
-    "answer_for",
-    "check_response",
-    "request_from_check",
-    "status_of",
-]

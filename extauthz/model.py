@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from extauthz.errors import Reason
 
@@ -67,7 +66,6 @@ class Decision:
     scope_has: bool | None = None
     lacking: tuple[str, ...] = ()
     detail: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def allowed(self) -> bool:

@@ -63,8 +63,9 @@ def _user_entry(
     user_id: str, entry: object, source: str, interned: dict[frozenset[str], GrantSet]
 ) -> UserEntry:
     where = f"{source}: users.{user_id}"
-    if not user_id:
-        raise FeedError(f"{source}: users: user ids must be non-empty")
+    if not user_id or not user_id.isprintable():
+        # User ids end up in headers and logs: no control characters.
+        raise FeedError(f"{source}: users: {user_id!r}: ids must be non-empty and printable")
     if not isinstance(entry, dict):
         raise FeedError(f"{where}: must be an object")
     if not _USER_KEYS.issuperset(entry):
