@@ -58,11 +58,9 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
             jti=_claim_str(signed.claims, "jti"),
         )
         validate_claims(signed.claims, config.tokens, partial.audience, now)
-        identity = identity_from_claims(
-            signed.claims, signed.issuer, config.tokens.max_delegation_depth
-        )
+        identity = identity_from_claims(signed.claims, signed.issuer)
         partial = replace(partial, identity=identity)
-        actors = _authorized_actors(identity, config)
+        actors = _authorized_actors(identity, signed.claims, config)
         user_grants = _user_grants(identity, view.feed, config, now)
         if resource is None:
             raise AccessForbidden(Reason.ROUTE_UNKNOWN, f"no resource for host {request.host!r}")
@@ -78,7 +76,9 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
         return replace(partial, reason=denied.reason, detail=denied.detail)
 
 
-def _authorized_actors(identity: Identity, config: Config) -> tuple[AgentConfig, ...]:
+def _authorized_actors(
+    identity: Identity, claims: Mapping[str, object], config: Config
+) -> tuple[AgentConfig, ...]:
     """The agents whose permissions bound this call: the current actor, or with
     ``delegation: intersect`` every actor in the chain."""
     agent = _registered_agent(identity.agent, config)
@@ -87,6 +87,9 @@ def _authorized_actors(identity: Identity, config: Config) -> tuple[AgentConfig,
             raise AccessForbidden(Reason.AGENT_NOT_AUTONOMOUS, f"{agent.id} may not act alone")
     elif not agent.delegated:
         raise AccessForbidden(Reason.AGENT_NOT_DELEGATED, f"{agent.id} may not act for users")
+    max_depth = config.tokens.max_delegation_depth
+    if "act" in claims and len(identity.actor_chain) > max_depth:
+        raise TokenRejected(Reason.DELEGATION_TOO_DEEP, f"more than {max_depth} actors")
     if config.tokens.delegation != "intersect":
         return (agent,)
     return (agent, *(_registered_agent(a, config) for a in identity.actor_chain[1:]))

@@ -109,6 +109,8 @@ def _public_key(jwk: dict[str, Any], source: str, where: str) -> PublicKey:
         | ed448.Ed448PublicKey,
     ):
         raise ConfigError(source, where, "is not a public key")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
+        raise ConfigError(source, where, f"RSA key of {key.key_size} bits; at least 2048 needed")
     return key
 
 

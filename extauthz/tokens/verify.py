@@ -178,14 +178,22 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
 
 def _number(claims: Mapping[str, Any], name: str) -> float:
     value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenRejected(Reason.TOKEN_MALFORMED, f"{name!r} must be a number")
-    return float(value)
+    try:
+        number = float(value)  # a huge JSON integer overflows here
+    except OverflowError as err:
+        raise TokenRejected(Reason.TOKEN_MALFORMED, f"{name!r} is out of range") from err
+    if not math.isfinite(number):
+        raise TokenRejected(Reason.TOKEN_MALFORMED, f"{name!r} must be finite")
+    return number
 
 
 def _has_audience(aud: object, audience: str) -> bool:
     if isinstance(aud, str):
         return aud == audience
-    if isinstance(aud, list):
+    if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
         return audience in aud
-    return False
+    if aud is None:
+        return False
+    raise TokenRejected(Reason.TOKEN_MALFORMED, "'aud' must be a string or a list of strings")
