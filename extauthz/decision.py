@@ -22,7 +22,7 @@ from extauthz.errors import (
 from extauthz.feed.cache import FeedState
 from extauthz.model import Decision, Identity, RequestAttributes
 from extauthz.permissions import GrantSet
-from extauthz.routes import RouteMatch, match_route
+from extauthz.routes import McpToolUnknown, RouteMatch, match_route
 from extauthz.tokens.identity import identity_from_claims
 from extauthz.tokens.keys import KeySet
 from extauthz.tokens.verify import bearer_token, validate_claims, verify_signature
@@ -64,7 +64,11 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
         user_grants = _user_grants(identity, view.feed, config, now)
         if resource is None:
             raise AccessForbidden(Reason.ROUTE_UNKNOWN, f"no resource for host {request.host!r}")
-        match = match_route(resource, request)
+        try:
+            match = match_route(resource, request)
+        except McpToolUnknown as unknown:
+            partial = replace(partial, mcp_method="tools/call", mcp_tool=unknown.tool)
+            raise
         partial = replace(
             partial,
             permission=match.permission,

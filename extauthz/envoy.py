@@ -60,7 +60,9 @@ def request_from_check(check: external_auth_pb2.CheckRequest) -> RequestAttribut
         headers=headers,
         body=body,
         body_truncated=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
-        request_id=http.id or headers.get("x-request-id", ""),
+        # http.id is Envoy's internal stream id; x-request-id is what access logs and the
+        # upstream see, so that is what joins a decision line to the rest.
+        request_id=headers.get("x-request-id") or http.id,
         source=socket.address,
     )
 

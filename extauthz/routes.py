@@ -23,6 +23,14 @@ _DOT_SEGMENTS = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
 _ENCODED_SEPARATORS = ("%2f", "%5c")
 
 
+class McpToolUnknown(AccessForbidden):
+    """A ``tools/call`` for a tool the route does not map; carries the tool for the audit."""
+
+    def __init__(self, tool: str) -> None:
+        super().__init__(Reason.MCP_TOOL_UNKNOWN, f"tool {tool!r} is not mapped")
+        self.tool = tool
+
+
 @dataclass(frozen=True, slots=True)
 class PathTemplate:
     """A path like ``/tickets/{id}``: literal segments, and ``{name}`` for any one segment."""
@@ -184,7 +192,7 @@ def _match_mcp(
         raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "tools/call without a tool name")
     permission = tools.get(tool)
     if permission is None:
-        raise AccessForbidden(Reason.MCP_TOOL_UNKNOWN, f"tool {tool!r} is not mapped")
+        raise McpToolUnknown(tool)
     return RouteMatch(resource, route, permission, mcp_method=mcp_method, mcp_tool=tool)
 
 
