@@ -60,6 +60,9 @@ def _serve(path: str) -> int:
     except ConfigError as err:
         print(f"extauthz: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except OSError as err:
+        print(f"extauthz: cannot start: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0

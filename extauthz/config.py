@@ -188,7 +188,7 @@ class _Section:
         return [_Section(self.file, f"{self.key(name)}[{i}]", v) for i, v in enumerate(value)]
 
     def finish(self) -> None:
-        unknown = sorted(set(self.data) - self._seen)
+        unknown = sorted(set(self.data) - self._seen, key=str)
         if unknown:
             raise self.error(str(unknown[0]), "unknown key")
 
@@ -201,17 +201,35 @@ def load_config(path: str | Path) -> Config:
     except OSError as err:
         raise ConfigError(str(file), "", f"cannot read: {err.strerror or err}") from err
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # safe: a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(str(file), where, f"not valid YAML: {err}") from err
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(str(file), where, f"not valid YAML: {problem}") from err
     return parse_config(data, file, policy_version=hashlib.sha256(text).hexdigest()[:12])
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping, which PyYAML
+    would otherwise resolve silently as last-wins (``max_lifetime: 1h`` then ``100h``)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
     """Validate an already-parsed YAML document. Raises ConfigError."""
-    base = file.parent
+    # Resolved once, so a later change of working directory cannot move the files.
+    base = file.parent.resolve()
     top = _Section(str(file), "", data)
     server = _server(top.section("server"))
     mode = top.choice("mode", ("enforce", "dry_run"), "enforce")

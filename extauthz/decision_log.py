@@ -106,7 +106,9 @@ class DecisionLog:
         self._stream = stream
 
     def write(self, record: dict[str, Any]) -> None:
-        self._stream.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+        self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+        # ASCII-only JSON: a client-sent lone surrogate ("\ud800") must not make the line
+        # unwritable on a UTF-8 stream and so drop the audit record.
         # Flushed per line: a collector must see each decision within a second, and a
         # crash must not take buffered audit lines with it.
         self._stream.flush()

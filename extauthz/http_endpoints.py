@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -63,7 +64,7 @@ class HttpEndpoints:
             else:
                 method = parts[0]
                 status, ctype, body = self.respond(method, parts[1])
-            reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
+            reason = HTTPStatus(status).phrase
             writer.write(
                 (
                     f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"

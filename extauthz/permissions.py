@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_.\-/]+")
 
 
 def permission_problem(text: object, *, allow_wildcard: bool) -> str | None:
@@ -27,7 +27,7 @@ def permission_problem(text: object, *, allow_wildcard: bool) -> str | None:
             if not allow_wildcard:
                 return f"{text!r}: required permissions are concrete, '*' is only for grants"
             continue
-        if not _SEGMENT.match(segment):
+        if not _SEGMENT.fullmatch(segment):
             return f"{text!r}: segment {segment!r} must be letters, digits, '_', '-', '.', '/'" + (
                 " or a whole '*'" if allow_wildcard else ""
             )

@@ -8,27 +8,30 @@ first whose method and path template match wins. An MCP route reads the JSON-RPC
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from extauthz.errors import AccessForbidden, Reason, RequestInvalid
 from extauthz.model import RequestAttributes
+from extauthz.strict_json import loads_strict
 
 # Request path segments that must never reach a template match: dot segments could make
 # the path we authorize differ from the one the upstream serves (RFC 3986 §5.2.4), and an
-# encoded slash or backslash could make one segment two.
+# encoded slash, or a backslash raw or encoded (WHATWG URL parsing reads it as a slash),
+# could make one segment two.
 _DOT_SEGMENTS = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
-_ENCODED_SEPARATORS = ("%2f", "%5c")
+_MAX_TOOL_NAME = 128
+_SEPARATORS = ("%2f", "%5c", "\\")
 
 
 class McpToolUnknown(AccessForbidden):
     """A ``tools/call`` for a tool the route does not map; carries the tool for the audit."""
 
     def __init__(self, tool: str) -> None:
-        super().__init__(Reason.MCP_TOOL_UNKNOWN, f"tool {tool!r} is not mapped")
-        self.tool = tool
+        super().__init__(Reason.MCP_TOOL_UNKNOWN, "tool is not mapped")
+        # Client-chosen text bound for the audit line: enough to recognise, not a log bomb.
+        self.tool = tool if len(tool) <= _MAX_TOOL_NAME else tool[:_MAX_TOOL_NAME] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +169,10 @@ def _request_segments(path: str) -> list[str] | None:
     if not path.startswith("/"):
         return None
     segments = path[1:].split("/")
-    if "%" in path or "." in path:
+    if "%" in path or "." in path or "\\" in path:
         for segment in segments:
             lowered = segment.lower()
-            if lowered in _DOT_SEGMENTS or any(s in lowered for s in _ENCODED_SEPARATORS):
+            if lowered in _DOT_SEGMENTS or any(s in lowered for s in _SEPARATORS):
                 return None
     return segments
 
@@ -198,9 +201,11 @@ def _match_mcp(
 
 def _parse_json_rpc(body: bytes) -> dict[str, Any]:
     try:
-        message = json.loads(body)
+        message = loads_strict(body)
     except (ValueError, RecursionError) as err:
-        raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "body is not JSON") from err
+        raise RequestInvalid(
+            Reason.MCP_REQUEST_INVALID, "body is not JSON, or repeats a member name"
+        ) from err
     if not isinstance(message, dict):
         # JSON-RPC batches were removed from MCP (2025-06-18); one message per request.
         raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "body is not one JSON-RPC object")

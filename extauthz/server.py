@@ -88,7 +88,10 @@ class Server:
             AuthorizationServicer(self.handler), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(self.config.server.grpc_listen)
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(self.config.server.grpc_listen)
+        except RuntimeError as err:  # grpc reports a failed bind this way
+            raise OSError(f"cannot listen on {self.config.server.grpc_listen}: {err}") from err
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {self.config.server.grpc_listen}")
         await self._grpc.start()

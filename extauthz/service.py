@@ -74,19 +74,18 @@ class CheckHandler:
             decision = Decision(Reason.INTERNAL_ERROR)
         enforce = view.config.mode == "enforce"
         response = check_response(decision, decision_id, view.config.response, enforce=enforce)
-        label = "allow" if decision.allowed else "deny"
         elapsed = time.perf_counter() - started
-        self.metrics.check_duration.labels(label).observe(elapsed)
-        self.metrics.decisions.labels(label, decision.reason.value).inc()
         record = self._record(decision, decision_id, request, view, now, elapsed)
         try:
             self.decision_log.write(record)
         except (OSError, ValueError):
             # An unaudited allow is worse than a refused request: fail closed.
             log.exception("decision log write failed", extra={"decision_id": decision_id})
-            return check_response(
-                Decision(Reason.INTERNAL_ERROR), decision_id, view.config.response, enforce=True
-            )
+            decision = Decision(Reason.INTERNAL_ERROR)
+            response = check_response(decision, decision_id, view.config.response, enforce=True)
+        label = "allow" if decision.allowed else "deny"
+        self.metrics.check_duration.labels(label).observe(elapsed)
+        self.metrics.decisions.labels(label, decision.reason.value).inc()
         return response
 
     def _record(

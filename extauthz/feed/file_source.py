@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -21,30 +22,29 @@ class RefreshOutcome(StrEnum):
 
 
 class FileFeedSource:
-    """Polls one file. Unchanged (same inode, size and mtime) confirms the current snapshot;
-    changed is parsed and validated whole before it replaces the current one."""
+    """Reads one file per refresh. Content identical to the current snapshot's (by digest)
+    confirms it without parsing; anything else is parsed and validated whole before it
+    replaces the current one. Comparing content, not timestamps, means a same-size rewrite
+    within the filesystem's timestamp granularity (a revocation, say) is never missed."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._signature: tuple[int, int, int] | None = None
+        self._digest: bytes | None = None
 
     def refresh(self, cache: FeedCache, now: float) -> RefreshOutcome:
         """Refresh ``cache`` from the file. Raises FeedError; the cache is then untouched."""
         try:
-            stat = os.stat(self.path)
-        except OSError as err:
-            raise FeedError(f"{self.path}: cannot read: {err.strerror or err}") from err
-        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if signature == self._signature and cache.state.snapshot is not None:
-            cache.confirm(now)
-            return RefreshOutcome.NOT_MODIFIED
-        if stat.st_size > MAX_FEED_BYTES:
-            raise FeedError(f"{self.path}: {stat.st_size} bytes is over {MAX_FEED_BYTES}")
-        try:
+            size = os.stat(self.path).st_size
+            if size > MAX_FEED_BYTES:
+                raise FeedError(f"{self.path}: {size} bytes is over {MAX_FEED_BYTES}")
             raw = self.path.read_bytes()
         except OSError as err:
             raise FeedError(f"{self.path}: cannot read: {err.strerror or err}") from err
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        if digest == self._digest and cache.state.snapshot is not None:
+            cache.confirm(now)
+            return RefreshOutcome.NOT_MODIFIED
         snapshot = parse_feed(raw, str(self.path))
         cache.accept(snapshot, now)
-        self._signature = signature
+        self._digest = digest
         return RefreshOutcome.SUCCESS

@@ -12,7 +12,6 @@ are attacker input: they select among configured keys and algorithms, never add 
 from __future__ import annotations
 
 import binascii
-import json
 import math
 from base64 import urlsafe_b64decode
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 
 from extauthz.config import SUPPORTED_ALGORITHMS, IssuerConfig, TokenPolicy
 from extauthz.errors import Reason, ServiceUnavailable, TokenRejected
+from extauthz.strict_json import loads_strict
 from extauthz.tokens.keys import KeySet
 
 # Real access tokens are a few kB; anything far bigger is garbage or an attack on parsing.
@@ -158,17 +158,9 @@ def _b64decode(part: str, what: str) -> bytes:
         raise TokenRejected(Reason.TOKEN_MALFORMED, f"{what} is not base64url") from err
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        # Two parsers could pick different duplicates; refuse rather than guess.
-        raise ValueError("duplicate member name")
-    return result
-
-
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw, object_pairs_hook=_reject_duplicates)
+        value = loads_strict(raw)
     except (ValueError, RecursionError) as err:
         raise TokenRejected(Reason.TOKEN_MALFORMED, f"{what} is not valid JSON") from err
     if not isinstance(value, dict):

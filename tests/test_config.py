@@ -1,0 +1,613 @@
+"""Config loading and validation (extauthz/config.py): every problem names file, key, problem."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import DATA, DEPLOY, DEPLOY_CONFIG, ISSUER, deploy_config_data, write_yaml
+
+from extauthz.config import Config, load_config
+from extauthz.errors import ConfigError
+from extauthz.permissions import GrantSet
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+def load_edited(tmp_path: Path, edit: Edit | None = None) -> Config:
+    data = deploy_config_data()
+    if edit is not None:
+        edit(data)
+    return load_config(write_yaml(tmp_path / "config.yaml", data))
+
+
+def error_of(tmp_path: Path, edit: Edit) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_edited(tmp_path, edit)
+    return info.value
+
+
+def error_of_text(tmp_path: Path, text: str) -> ConfigError:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value
+
+
+def route(data: dict[str, Any], i: int) -> dict[str, Any]:
+    routes: list[dict[str, Any]] = data["resources"][0]["routes"]
+    return routes[i]
+
+
+# --- the example policy ----------------------------------------------------------------
+
+
+def test_example_policy_loads_with_every_value_in_place() -> None:
+    config = load_config(DEPLOY_CONFIG)
+
+    assert config.path == DEPLOY_CONFIG
+    assert config.mode == "enforce"
+    assert config.server.grpc_listen == "127.0.0.1:9001"
+    assert config.server.http_listen == "127.0.0.1:9090"
+    assert config.server.shutdown_grace == 10.0
+    assert list(config.issuers) == [ISSUER]
+    issuer = config.issuers[ISSUER]
+    assert issuer.algorithms == frozenset({"RS256", "ES256", "EdDSA"})
+    assert issuer.jwks_file == DEPLOY / "keys" / "jwks.json"
+    assert config.tokens.typ == "at+jwt"
+    assert config.tokens.max_lifetime == 3600.0
+    assert config.tokens.leeway == 30.0
+    assert config.tokens.max_delegation_depth == 2
+    assert config.tokens.delegation == "current_actor"
+    assert list(config.agents) == ["support-agent", "triage-bot", "retired-agent"]
+    support = config.agents["support-agent"]
+    assert support.permissions == GrantSet(["tickets:read", "tickets:write"])
+    assert (support.delegated, support.autonomous, support.disabled) == (True, False, False)
+    triage = config.agents["triage-bot"]
+    assert (triage.delegated, triage.autonomous, triage.disabled) == (False, True, False)
+    assert config.agents["retired-agent"].disabled is True
+    assert config.feed.source == DEPLOY / "feed" / "users.json"
+    assert config.feed.refresh == 10.0
+    assert config.feed.max_staleness == 120.0
+    assert config.response.forward_authorization is False
+    assert config.response.realm == "extauthz"
+
+
+def test_example_policy_routes_are_compiled_in_config_order() -> None:
+    config = load_config(DEPLOY_CONFIG)
+    (tickets,) = config.resources.resources
+    assert tickets.name == "tickets"
+    assert tickets.audience == "https://tickets.example.test"
+    assert config.resources.resource_for_host("tickets.example.test") is tickets
+    assert [(r.method, r.path.text, r.permission) for r in tickets.routes] == [
+        ("GET", "/tickets/{id}", "tickets:read"),
+        ("POST", "/tickets", "tickets:write"),
+        ("DELETE", "/tickets/{id}", "tickets:delete"),
+        ("POST", "/mcp", None),
+    ]
+    assert tickets.routes[3].mcp_tools == {
+        "get_ticket": "tickets:read",
+        "create_ticket": "tickets:write",
+    }
+
+
+def test_optional_sections_take_their_defaults() -> None:
+    config = load_config(DATA / "minimal_config.yaml")
+    assert config.mode == "enforce"
+    assert config.server.grpc_listen == "127.0.0.1:9001"
+    assert config.server.http_listen == "127.0.0.1:9090"
+    assert config.tokens.typ == "at+jwt"
+    assert config.tokens.max_lifetime == 3600.0
+    assert config.tokens.leeway == 30.0
+    assert config.tokens.max_delegation_depth == 2
+    assert config.tokens.delegation == "current_actor"
+    agent = config.agents["agent-a"]
+    assert agent.permissions == GrantSet([])
+    assert (agent.delegated, agent.autonomous, agent.disabled) == (True, False, False)
+    assert config.feed.refresh == 10.0
+    assert config.feed.max_staleness == 120.0
+    assert config.response.forward_authorization is False
+    assert config.response.realm == "extauthz"
+    # A lower-case method in the config is normalised.
+    assert config.resources.resources[0].routes[0].method == "GET"
+
+
+# --- the error itself ------------------------------------------------------------------
+
+
+def test_config_error_carries_file_key_and_problem() -> None:
+    err = ConfigError("/etc/extauthz.yaml", "tokens.leeway", "must be a duration")
+    assert err.file == "/etc/extauthz.yaml"
+    assert err.key == "tokens.leeway"
+    assert err.problem == "must be a duration"
+    assert str(err) == "/etc/extauthz.yaml: tokens.leeway: must be a duration"
+
+
+def test_config_error_without_a_key_is_file_and_problem() -> None:
+    assert str(ConfigError("a.yaml", "", "cannot read")) == "a.yaml: cannot read"
+
+
+def test_error_names_the_file_it_came_from(tmp_path: Path) -> None:
+    err = error_of(tmp_path, lambda d: d["tokens"].update(max_lifetme="1h"))
+    assert err.file == str(tmp_path / "config.yaml")
+    assert str(err) == f"{tmp_path / 'config.yaml'}: tokens.max_lifetme: unknown key"
+
+
+def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert info.value.file == str(missing)
+    assert "cannot read" in info.value.problem
+    assert "No such file" in info.value.problem
+
+
+# --- unknown keys ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda d: d.update(modee="enforce"), "modee"),
+        (lambda d: d["server"].update(grpc_port=9001), "server.grpc_port"),
+        (lambda d: d["issuers"][0].update(jwks_url="https://x"), "issuers[0].jwks_url"),
+        (lambda d: d["tokens"].update(max_lifetme="1h"), "tokens.max_lifetme"),
+        (lambda d: d["agents"][1].update(permisions=["x"]), "agents[1].permisions"),
+        (lambda d: d["resources"][0].update(host=["x"]), "resources[0].host"),
+        (lambda d: route(d, 2).update(tool="x"), "resources[0].routes[2].tool"),
+        (lambda d: d["feed"].update(refesh="5s"), "feed.refesh"),
+        (lambda d: d["response"].update(forward_auth=True), "response.forward_auth"),
+    ],
+)
+def test_unknown_key_is_named_with_its_full_path(tmp_path: Path, edit: Edit, key: str) -> None:
+    err = error_of(tmp_path, edit)
+    assert err.key == key
+    assert err.problem == "unknown key"
+
+
+def test_unknown_keys_are_reported_even_when_they_are_not_strings(tmp_path: Path) -> None:
+    # YAML turns `1:` and `on:` into an int and a boolean; a misspelt key of any type
+    # must be reported as a ConfigError, never crash the loader.
+    def edit(d: dict[str, Any]) -> None:
+        d["tokens"][1] = "x"
+        d["tokens"]["max_lifetme"] = "1h"
+
+    err = error_of(tmp_path, edit)
+    assert err.key.startswith("tokens.")
+    assert err.problem == "unknown key"
+
+
+# --- required keys, types ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda d: d.pop("issuers"), "issuers"),
+        (lambda d: d.pop("agents"), "agents"),
+        (lambda d: d.pop("resources"), "resources"),
+        (lambda d: d.pop("feed"), "feed"),
+        (lambda d: d["feed"].pop("source"), "feed.source"),
+        (lambda d: d["issuers"][0].pop("issuer"), "issuers[0].issuer"),
+        (lambda d: d["issuers"][0].pop("jwks_file"), "issuers[0].jwks_file"),
+        (lambda d: d["issuers"][0].pop("algorithms"), "issuers[0].algorithms"),
+        (lambda d: d["agents"][2].pop("id"), "agents[2].id"),
+        (lambda d: d["resources"][0].pop("name"), "resources[0].name"),
+        (lambda d: d["resources"][0].pop("hosts"), "resources[0].hosts"),
+        (lambda d: d["resources"][0].pop("audience"), "resources[0].audience"),
+        (lambda d: d["resources"][0].pop("routes"), "resources[0].routes"),
+        (lambda d: route(d, 1).pop("method"), "resources[0].routes[1].method"),
+        (lambda d: route(d, 1).pop("path"), "resources[0].routes[1].path"),
+    ],
+)
+def test_missing_required_key_is_named(tmp_path: Path, edit: Edit, key: str) -> None:
+    err = error_of(tmp_path, edit)
+    assert err.key == key
+    assert err.problem.startswith("is required")
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "problem"),
+    [
+        (lambda d: d.update(mode=3), "mode", "must be a non-empty string, got int"),
+        (lambda d: d.update(mode="audit"), "mode", "must be one of enforce, dry_run"),
+        (lambda d: d.update(agents={}), "agents", "must be a list, got dict"),
+        (lambda d: d.update(server=[]), "server", "must be a mapping, got list"),
+        (lambda d: d.update(tokens=None), "tokens", "must be a mapping, got nothing"),
+        (
+            lambda d: d["agents"].__setitem__(0, "support-agent"),
+            "agents[0]",
+            "must be a mapping, got string 'support-agent'",
+        ),
+        (
+            lambda d: d["agents"][0].update(delegated="yes"),
+            "agents[0].delegated",
+            "must be true or false, got string 'yes'",
+        ),
+        (
+            lambda d: d["agents"][0].update(permissions="tickets:read"),
+            "agents[0].permissions",
+            "must be a list, got string 'tickets:read'",
+        ),
+        (
+            lambda d: d["agents"][0].update(permissions=["tickets:read", 7]),
+            "agents[0].permissions[1]",
+            "must be a non-empty string, got int",
+        ),
+        (
+            lambda d: d["response"].update(forward_authorization=1),
+            "response.forward_authorization",
+            "must be true or false, got int",
+        ),
+        (
+            lambda d: d["tokens"].update(max_delegation_depth=-1),
+            "tokens.max_delegation_depth",
+            "must be a whole number >= 0",
+        ),
+        (
+            lambda d: d["tokens"].update(max_delegation_depth=True),
+            "tokens.max_delegation_depth",
+            "must be a whole number >= 0",
+        ),
+        (
+            lambda d: d["tokens"].update(max_delegation_depth="2"),
+            "tokens.max_delegation_depth",
+            "must be a whole number >= 0",
+        ),
+        (
+            lambda d: d["tokens"].update(delegation="all"),
+            "tokens.delegation",
+            "must be one of current_actor, intersect",
+        ),
+        (lambda d: d["resources"][0].update(hosts=[]), "resources[0].hosts", "at least one"),
+        (lambda d: d.update(issuers=[]), "issuers", "must list at least one issuer"),
+        (
+            lambda d: route(d, 0).update(method="FETCH"),
+            "resources[0].routes[0].method",
+            "must be one of",
+        ),
+        (
+            lambda d: route(d, 0).update(path="tickets/{id}"),
+            "resources[0].routes[0].path",
+            "must start with '/'",
+        ),
+        (
+            lambda d: route(d, 0).update(path="/tickets/{id"),
+            "resources[0].routes[0].path",
+            "is not a whole '{name}'",
+        ),
+        (
+            lambda d: route(d, 0).update(path="/tickets/../admin"),
+            "resources[0].routes[0].path",
+            "dot segments",
+        ),
+        (
+            lambda d: route(d, 0).update(path="/tickets?x=1"),
+            "resources[0].routes[0].path",
+            "query",
+        ),
+        (
+            lambda d: route(d, 3).update(mcp_tools=["get_ticket"]),
+            "resources[0].routes[3].mcp_tools",
+            "must be a mapping, got list",
+        ),
+        (
+            lambda d: d["server"].update(grpc_listen="localhost"),
+            "server.grpc_listen",
+            "must be host:port",
+        ),
+        (
+            lambda d: d["server"].update(grpc_listen="127.0.0.1:70000"),
+            "server.grpc_listen",
+            "must be host:port",
+        ),
+        (
+            lambda d: d["server"].update(http_listen="127.0.0.1:9001"),
+            "server.http_listen",
+            "must differ from grpc_listen",
+        ),
+        (
+            lambda d: d["feed"].update(source="https://feeds.example.test/users.json"),
+            "feed.source",
+            "only a file path",
+        ),
+        (lambda d: d["response"].update(realm='a"b'), "response.realm", "quotes"),
+        (lambda d: d["agents"][0].update(id="bad\nagent"), "agents[0].id", "control characters"),
+    ],
+)
+def test_wrong_value_is_named_with_the_problem(
+    tmp_path: Path, edit: Edit, key: str, problem: str
+) -> None:
+    err = error_of(tmp_path, edit)
+    assert err.key == key
+    assert problem in err.problem
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("", "must be a mapping, got nothing"), ("- a\n- b\n", "must be a mapping, got list")],
+)
+def test_document_that_is_not_a_mapping_is_rejected(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    err = error_of_text(tmp_path, text)
+    assert err.key == "(top level)"
+    assert err.problem == problem
+
+
+def test_both_listens_on_port_zero_are_allowed(tmp_path: Path) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        d["server"] = {"grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0"}
+
+    config = load_edited(tmp_path, edit)
+    assert config.server.grpc_listen == config.server.http_listen == "127.0.0.1:0"
+
+
+# --- durations ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30.0), ("10m", 600.0), ("1h", 3600.0), ("500ms", 0.5), ("1.5m", 90.0)],
+)
+def test_valid_durations_are_read_in_seconds(tmp_path: Path, text: str, seconds: float) -> None:
+    config = load_edited(tmp_path, lambda d: d["tokens"].update(max_lifetime=text))
+    assert config.tokens.max_lifetime == seconds
+
+
+@pytest.mark.parametrize("value", [30, "30", "abc", "-1s", "1d", "", "30 s", "1h30m", None])
+def test_invalid_durations_are_rejected(tmp_path: Path, value: object) -> None:
+    err = error_of(tmp_path, lambda d: d["tokens"].update(max_lifetime=value))
+    assert err.key == "tokens.max_lifetime"
+    assert err.problem == f"must be a duration like 30s, 10m or 1h, got {value!r}"
+
+
+def test_leeway_may_be_zero(tmp_path: Path) -> None:
+    config = load_edited(tmp_path, lambda d: d["tokens"].update(leeway="0s"))
+    assert config.tokens.leeway == 0.0
+
+
+def test_leeway_over_five_minutes_is_rejected(tmp_path: Path) -> None:
+    assert load_edited(tmp_path, lambda d: d["tokens"].update(leeway="5m")).tokens.leeway == 300
+    err = error_of(tmp_path, lambda d: d["tokens"].update(leeway="301s"))
+    assert err.key == "tokens.leeway"
+    assert "at most 5m" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("tokens", "max_lifetime"), ("feed", "refresh"), ("server", "shutdown_grace")],
+)
+def test_zero_duration_is_rejected_where_it_makes_no_sense(
+    tmp_path: Path, section: str, key: str
+) -> None:
+    err = error_of(tmp_path, lambda d: d[section].update({key: "0s"}))
+    assert err.key == f"{section}.{key}"
+    assert err.problem == "must be greater than zero"
+
+
+@pytest.mark.parametrize(("refresh", "max_staleness"), [("2m", "2m"), ("10s", "5s")])
+def test_feed_max_staleness_must_exceed_refresh(
+    tmp_path: Path, refresh: str, max_staleness: str
+) -> None:
+    err = error_of(
+        tmp_path, lambda d: d["feed"].update(refresh=refresh, max_staleness=max_staleness)
+    )
+    assert err.key == "feed.max_staleness"
+    assert "longer than refresh" in err.problem
+
+
+# --- algorithms and typ ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS512", "none", "rs256", "RS1"])
+def test_symmetric_and_unknown_algorithms_are_rejected(tmp_path: Path, alg: str) -> None:
+    err = error_of(tmp_path, lambda d: d["issuers"][0].update(algorithms=["RS256", alg]))
+    assert err.key == "issuers[0].algorithms[1]"
+    assert err.problem.startswith(f"{alg!r} is not allowed; use asymmetric algorithms only")
+
+
+def test_empty_algorithm_list_is_rejected(tmp_path: Path) -> None:
+    err = error_of(tmp_path, lambda d: d["issuers"][0].update(algorithms=[]))
+    assert err.key == "issuers[0].algorithms"
+    assert "at least one algorithm" in err.problem
+
+
+def test_every_asymmetric_algorithm_is_accepted(tmp_path: Path) -> None:
+    algs = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
+    algs.append("EdDSA")
+    config = load_edited(tmp_path, lambda d: d["issuers"][0].update(algorithms=algs))
+    assert config.issuers[ISSUER].algorithms == frozenset(algs)
+
+
+def test_typ_any_disables_the_typ_check(tmp_path: Path) -> None:
+    assert load_edited(tmp_path, lambda d: d["tokens"].update(typ="any")).tokens.typ is None
+
+
+def test_typ_is_compared_as_a_lower_case_media_subtype(tmp_path: Path) -> None:
+    config = load_edited(tmp_path, lambda d: d["tokens"].update(typ="application/AT+JWT"))
+    assert config.tokens.typ == "at+jwt"
+
+
+# --- routes and permissions --------------------------------------------------------------
+
+
+def test_route_with_neither_permission_nor_mcp_tools_is_rejected(tmp_path: Path) -> None:
+    err = error_of(tmp_path, lambda d: route(d, 2).pop("permission"))
+    assert err.key.startswith("resources[0].routes[2].")
+    assert "exactly one of 'permission' or 'mcp_tools'" in err.problem
+
+
+def test_route_with_both_permission_and_mcp_tools_is_rejected(tmp_path: Path) -> None:
+    err = error_of(tmp_path, lambda d: route(d, 2).update(mcp_tools={"t": "tickets:read"}))
+    assert err.key in ("resources[0].routes[2].permission", "resources[0].routes[2].mcp_tools")
+    assert "exactly one of 'permission' or 'mcp_tools'" in err.problem
+
+
+@pytest.mark.parametrize("permission", ["tickets:*", "*", "tickets:*:read"])
+def test_required_permission_must_be_concrete(tmp_path: Path, permission: str) -> None:
+    err = error_of(tmp_path, lambda d: route(d, 0).update(permission=permission))
+    assert err.key == "resources[0].routes[0].permission"
+    assert "concrete" in err.problem
+
+
+def test_mcp_tool_permission_must_be_concrete_and_is_named_by_tool(tmp_path: Path) -> None:
+    err = error_of(tmp_path, lambda d: route(d, 3)["mcp_tools"].update(get_ticket="tickets:*"))
+    assert err.key == "resources[0].routes[3].mcp_tools.get_ticket"
+    assert "concrete" in err.problem
+
+
+def test_mcp_tool_without_a_permission_string_is_rejected(tmp_path: Path) -> None:
+    err = error_of(tmp_path, lambda d: route(d, 3)["mcp_tools"].update(get_ticket=None))
+    assert err.key == "resources[0].routes[3].mcp_tools.get_ticket"
+
+
+def test_required_permission_with_a_trailing_newline_is_rejected(tmp_path: Path) -> None:
+    # A YAML block scalar (`permission: >` / `|`) keeps a trailing newline: it is not a
+    # valid permission and would also end up in the x-extauthz-permission header.
+    err = error_of(tmp_path, lambda d: route(d, 0).update(permission="tickets:read\n"))
+    assert err.key == "resources[0].routes[0].permission"
+
+
+@pytest.mark.parametrize("grant", ["tick*", "tickets:re*d", "tickets::read", ""])
+def test_agent_grant_with_star_inside_a_segment_or_bad_shape_is_rejected(
+    tmp_path: Path, grant: str
+) -> None:
+    err = error_of(tmp_path, lambda d: d["agents"][0].update(permissions=["tickets:read", grant]))
+    assert err.key == "agents[0].permissions[1]"
+
+
+def test_agent_grants_may_use_whole_segment_wildcards(tmp_path: Path) -> None:
+    grants = ["tickets:*", "*", "billing:*:read"]
+    config = load_edited(tmp_path, lambda d: d["agents"][0].update(permissions=grants))
+    permissions = config.agents["support-agent"].permissions
+    assert permissions == GrantSet(grants)
+    assert permissions.grants_permission("anything:at:all")
+
+
+# --- duplicates --------------------------------------------------------------------------
+
+
+def test_duplicate_agent_is_rejected(tmp_path: Path) -> None:
+    err = error_of(tmp_path, lambda d: d["agents"].append({"id": "triage-bot"}))
+    assert err.key == "agents[3]"
+    assert err.problem == "duplicate entry 'triage-bot'"
+
+
+def test_duplicate_issuer_is_rejected(tmp_path: Path) -> None:
+    err = error_of(tmp_path, lambda d: d["issuers"].append(dict(d["issuers"][0])))
+    assert err.key == "issuers[1]"
+    assert "duplicate" in err.problem
+
+
+def other_resource(name: str, hosts: list[str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "hosts": hosts,
+        "audience": f"https://{name}.example.test",
+        "routes": [{"method": "GET", "path": "/", "permission": f"{name}:read"}],
+    }
+
+
+def test_duplicate_resource_name_is_rejected(tmp_path: Path) -> None:
+    err = error_of(
+        tmp_path, lambda d: d["resources"].append(other_resource("tickets", ["x.example.test"]))
+    )
+    assert err.key == "resources[1].name"
+    assert "duplicate resource 'tickets'" in err.problem
+
+
+def test_host_claimed_by_two_resources_is_rejected_case_insensitively(tmp_path: Path) -> None:
+    err = error_of(
+        tmp_path,
+        lambda d: d["resources"].append(
+            other_resource("billing", ["billing.example.test", "TICKETS.example.test"])
+        ),
+    )
+    assert err.key == "resources[1].hosts[1]"
+    assert "'TICKETS.example.test' is already used by 'tickets'" in err.problem
+
+
+def test_same_host_with_and_without_port_may_belong_to_two_resources(tmp_path: Path) -> None:
+    config = load_edited(
+        tmp_path,
+        lambda d: d["resources"].append(other_resource("admin", ["tickets.example.test:8443"])),
+    )
+    assert config.resources.resource_for_host("tickets.example.test:8443").name == "admin"
+    assert config.resources.resource_for_host("tickets.example.test:443").name == "tickets"
+
+
+def test_duplicate_yaml_key_is_rejected(tmp_path: Path) -> None:
+    text = DEPLOY_CONFIG.read_text().replace(
+        "  max_lifetime: 1h", "  max_lifetime: 1h\n  max_lifetime: 100h", 1
+    )
+    err = error_of_text(tmp_path, text)
+    # PyYAML reports where, not the key path: the line and the key name say it exactly.
+    assert err.key == "line 16"
+    assert err.problem == "not valid YAML: duplicate key 'max_lifetime'"
+
+
+# --- paths, YAML, policy version ---------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc" / "extauthz"
+    write_yaml(folder / "config.yaml", deploy_config_data())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config = load_config(Path("..") / "etc" / "extauthz" / "config.yaml")
+
+    assert config.issuers[ISSUER].jwks_file.resolve() == folder / "keys" / "jwks.json"
+    assert config.feed.source.resolve() == folder / "feed" / "users.json"
+
+
+def test_absolute_paths_are_kept(tmp_path: Path) -> None:
+    jwks = tmp_path / "abs" / "jwks.json"
+    feed = tmp_path / "abs" / "users.json"
+
+    def edit(d: dict[str, Any]) -> None:
+        d["issuers"][0]["jwks_file"] = str(jwks)
+        d["feed"]["source"] = str(feed)
+
+    config = load_edited(tmp_path / "cfg", edit)
+    assert config.issuers[ISSUER].jwks_file == jwks
+    assert config.feed.source == feed
+
+
+def test_invalid_yaml_reports_the_line(tmp_path: Path) -> None:
+    source = DATA / "invalid_yaml.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(source)
+    assert info.value.file == str(source)
+    assert info.value.key == "line 3"
+    assert info.value.problem.startswith("not valid YAML: ")
+    assert str(info.value).startswith(f"{source}: line 3: not valid YAML")
+
+
+def test_policy_version_is_the_file_hash_and_changes_with_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    original = DEPLOY_CONFIG.read_bytes()
+    path.write_bytes(original)
+    first = load_config(path).policy_version
+    assert first == hashlib.sha256(original).hexdigest()[:12]
+
+    path.write_bytes(original + b"# a comment changes the file\n")
+    second = load_config(path).policy_version
+    assert second != first
+    assert len(second) == 12
+    assert int(second, 16) >= 0
+
+    path.write_bytes(original)
+    assert load_config(path).policy_version == first
+
+
+def test_mode_dry_run_is_accepted(tmp_path: Path) -> None:
+    assert load_edited(tmp_path, lambda d: d.update(mode="dry_run")).mode == "dry_run"

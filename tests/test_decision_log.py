@@ -1,0 +1,241 @@
+"""The decision line (extauthz/decision_log.py). The key set and order are a contract."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from extauthz.decision_log import FIELDS, DecisionLog, decision_record
+from extauthz.errors import Reason
+from extauthz.model import Decision, Identity, RequestAttributes
+
+# GOLDEN: changing this list is a breaking change for every log pipeline that reads it.
+GOLDEN_FIELDS = [
+    "ts",
+    "decision_id",
+    "decision",
+    "reason",
+    "status",
+    "mode",
+    "agent",
+    "actor_chain",
+    "user",
+    "client_id",
+    "issuer",
+    "jti",
+    "audience",
+    "resource",
+    "method",
+    "host",
+    "path",
+    "permission",
+    "mcp_tool",
+    "agent_has",
+    "user_has",
+    "scope_has",
+    "feed_version",
+    "feed_age_s",
+    "policy_version",
+    "request_id",
+    "source",
+    "latency_us",
+]
+
+IDENTITY = Identity(
+    agent="support-agent",
+    user="alice",
+    actor_chain=("support-agent", "planner-agent"),
+    client_id="support-agent",
+    issuer="https://idp.example.test",
+    jti="jti-1",
+    scopes=frozenset({"tickets:read"}),
+)
+REQUEST = RequestAttributes(
+    method="GET",
+    host="tickets.example.test",
+    path="/tickets/42",
+    headers={"authorization": "Bearer SECRET-TOKEN", "cookie": "session=SECRET-COOKIE"},
+    request_id="req-1",
+    source="10.0.0.7",
+)
+ALLOWED = Decision(
+    Reason.ALLOWED,
+    identity=IDENTITY,
+    issuer="https://idp.example.test",
+    client_id="support-agent",
+    jti="jti-1",
+    resource="tickets",
+    audience="https://tickets.example.test",
+    permission="tickets:read",
+    agent_has=True,
+    user_has=True,
+    scope_has=True,
+    detail="operator detail",
+)
+
+
+def record(decision: Decision = ALLOWED, **overrides: Any) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "now": 1_767_225_600.1234,  # 2026-01-01T00:00:00.123Z
+        "decision_id": "d" * 32,
+        "decision": decision,
+        "request": REQUEST,
+        "mode": "enforce",
+        "status": 200,
+        "would_status": None,
+        "feed_version": "42",
+        "feed_age_s": 12.345678,
+        "policy_version": "abcdef012345",
+        "latency_us": 87,
+    }
+    arguments.update(overrides)
+    return decision_record(**arguments)
+
+
+def test_fields_constant_is_pinned() -> None:
+    assert list(FIELDS) == GOLDEN_FIELDS
+
+
+def test_golden_allow_line() -> None:
+    line = record()
+    assert list(line) == GOLDEN_FIELDS
+    assert line == {
+        "ts": "2026-01-01T00:00:00.123+00:00",
+        "decision_id": "d" * 32,
+        "decision": "allow",
+        "reason": "allowed",
+        "status": 200,
+        "mode": "enforce",
+        "agent": "support-agent",
+        "actor_chain": ["support-agent", "planner-agent"],
+        "user": "alice",
+        "client_id": "support-agent",
+        "issuer": "https://idp.example.test",
+        "jti": "jti-1",
+        "audience": "https://tickets.example.test",
+        "resource": "tickets",
+        "method": "GET",
+        "host": "tickets.example.test",
+        "path": "/tickets/42",
+        "permission": "tickets:read",
+        "mcp_tool": None,
+        "agent_has": True,
+        "user_has": True,
+        "scope_has": True,
+        "feed_version": "42",
+        "feed_age_s": 12.346,
+        "policy_version": "abcdef012345",
+        "request_id": "req-1",
+        "source": "10.0.0.7",
+        "latency_us": 87,
+    }
+
+
+def test_golden_deny_before_identity_line() -> None:
+    line = record(
+        Decision(Reason.TOKEN_EXPIRED, resource="tickets", audience="https://tickets.example.test"),
+        status=401,
+        feed_version=None,
+        feed_age_s=None,
+    )
+    assert list(line) == GOLDEN_FIELDS
+    assert line["decision"] == "deny"
+    assert line["reason"] == "token_expired"
+    assert line["status"] == 401
+    assert line["agent"] is None
+    assert line["actor_chain"] == []
+    assert line["user"] is None
+    assert line["issuer"] is None
+    assert line["permission"] is None
+    assert (line["agent_has"], line["user_has"], line["scope_has"]) == (None, None, None)
+    assert line["feed_version"] is None
+    assert line["feed_age_s"] is None
+
+
+def test_mcp_method_and_would_status_are_appended_after_the_fixed_fields() -> None:
+    decision = Decision(
+        Reason.USER_LACKS_PERMISSION,
+        identity=IDENTITY,
+        permission="tickets:write",
+        mcp_method="tools/call",
+        mcp_tool="create_ticket",
+        agent_has=True,
+        user_has=False,
+        scope_has=True,
+        lacking=("user",),
+    )
+    line = record(decision, mode="dry_run", status=200, would_status=403)
+    assert list(line) == [*GOLDEN_FIELDS, "mcp_method", "would_status"]
+    assert line["decision"] == "deny"
+    assert line["status"] == 200
+    assert line["would_status"] == 403
+    assert line["mode"] == "dry_run"
+    assert line["mcp_tool"] == "create_ticket"
+    assert line["mcp_method"] == "tools/call"
+    assert line["user_has"] is False
+
+
+def test_autonomous_agent_line_has_no_user() -> None:
+    autonomous = Identity("triage-bot", None, ("triage-bot",), "triage-bot", "i", None, frozenset())
+    line = record(Decision(Reason.ALLOWED, identity=autonomous, permission="tickets:read"))
+    assert line["user"] is None
+    assert line["agent"] == "triage-bot"
+    assert line["actor_chain"] == ["triage-bot"]
+    assert line["jti"] is None
+
+
+def test_value_shapes() -> None:
+    line = record(feed_age_s=0.0004, latency_us=0)
+    assert isinstance(line["latency_us"], int)
+    assert line["feed_age_s"] == 0.0
+    assert isinstance(line["actor_chain"], list)
+    assert record(feed_age_s=7.0)["feed_age_s"] == 7.0
+
+
+def test_line_has_no_header_values_and_no_detail() -> None:
+    text = json.dumps(record())
+    assert "SECRET-TOKEN" not in text
+    assert "SECRET-COOKIE" not in text
+    assert "operator detail" not in text
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.flushed_text: list[str] = []
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed_text.append(self.getvalue())
+        super().flush()
+
+
+def test_decision_log_writes_one_compact_json_line_and_flushes_each_time() -> None:
+    stream = CountingStream()
+    log = DecisionLog(stream)
+
+    log.write(record())
+    assert stream.flushes == 1
+    first = stream.getvalue()
+    assert first.endswith("\n")
+    assert first.count("\n") == 1
+    assert ", " not in first and '": ' not in first  # compact separators
+    assert list(json.loads(first)) == GOLDEN_FIELDS
+
+    log.write(record(decision_id="e" * 32))
+    assert stream.flushes == 2
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(x)["decision_id"] for x in lines] == ["d" * 32, "e" * 32]
+    # Each flush happened with its own line complete.
+    assert stream.flushed_text[0] == first
+
+
+def test_decision_log_line_survives_non_ascii_and_newlines_in_values() -> None:
+    stream = io.StringIO()
+    request = RequestAttributes("GET", "tickets.example.test", "/tickets/é\n1", {})
+    DecisionLog(stream).write(record(request=request))
+    text = stream.getvalue()
+    assert text.count("\n") == 1
+    assert json.loads(text)["path"] == "/tickets/é\n1"

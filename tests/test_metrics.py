@@ -1,0 +1,118 @@
+"""Prometheus metrics (extauthz/metrics.py), each test on a fresh registry."""
+
+from __future__ import annotations
+
+import math
+import platform
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from extauthz import __version__
+from extauthz.errors import Reason
+from extauthz.metrics import CHECK_BUCKETS, Metrics
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics(CollectorRegistry())
+
+
+def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return metrics.registry.get_sample_value(name, labels or {})
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_every_reason_series_exists_at_zero_from_the_start(
+    metrics: Metrics, reason: Reason
+) -> None:
+    decision = "allow" if reason is Reason.ALLOWED else "deny"
+    labels = {"decision": decision, "reason": reason.value}
+    assert sample(metrics, "extauthz_decisions_total", labels) == 0.0
+
+
+def test_no_series_pairs_allowed_with_deny(metrics: Metrics) -> None:
+    labels = {"decision": "deny", "reason": "allowed"}
+    assert sample(metrics, "extauthz_decisions_total", labels) is None
+    labels = {"decision": "allow", "reason": "token_expired"}
+    assert sample(metrics, "extauthz_decisions_total", labels) is None
+
+
+def test_refresh_outcome_and_check_duration_series_exist_at_zero(metrics: Metrics) -> None:
+    for outcome in ("success", "not_modified", "error"):
+        labels = {"outcome": outcome}
+        assert sample(metrics, "extauthz_feed_refresh_total", labels) == 0.0
+    for decision in ("allow", "deny"):
+        labels = {"decision": decision}
+        assert sample(metrics, "extauthz_check_duration_seconds_count", labels) == 0.0
+
+
+def test_counting_a_decision_moves_only_its_series(metrics: Metrics) -> None:
+    metrics.decisions.labels("deny", "token_expired").inc()
+    metrics.decisions.labels("deny", "token_expired").inc()
+    expired = {"decision": "deny", "reason": "token_expired"}
+    allowed = {"decision": "allow", "reason": "allowed"}
+    assert sample(metrics, "extauthz_decisions_total", expired) == 2.0
+    assert sample(metrics, "extauthz_decisions_total", allowed) == 0.0
+
+
+def test_check_duration_uses_sub_millisecond_buckets(metrics: Metrics) -> None:
+    assert CHECK_BUCKETS[0] == 0.0001
+    assert CHECK_BUCKETS[-1] == 1.0
+    metrics.check_duration.labels("allow").observe(0.0003)
+    allow = {"decision": "allow"}
+    assert sample(metrics, "extauthz_check_duration_seconds_count", allow) == 1.0
+    assert sample(metrics, "extauthz_check_duration_seconds_sum", allow) == pytest.approx(0.0003)
+    le_250us = {"decision": "allow", "le": "0.00025"}
+    le_500us = {"decision": "allow", "le": "0.0005"}
+    assert sample(metrics, "extauthz_check_duration_seconds_bucket", le_250us) == 0.0
+    assert sample(metrics, "extauthz_check_duration_seconds_bucket", le_500us) == 1.0
+
+
+def test_feed_age_is_infinite_before_any_feed(metrics: Metrics) -> None:
+    assert sample(metrics, "extauthz_feed_age_seconds") == math.inf
+
+
+def test_tracked_feed_age_is_infinite_until_there_is_an_age(metrics: Metrics) -> None:
+    age: list[float | None] = [None]
+    metrics.track_feed_age(lambda: age[0])
+    assert sample(metrics, "extauthz_feed_age_seconds") == math.inf
+    age[0] = 12.5
+    assert sample(metrics, "extauthz_feed_age_seconds") == 12.5
+    age[0] = 0.0
+    assert sample(metrics, "extauthz_feed_age_seconds") == 0.0
+
+
+def test_feed_age_renders_as_plus_inf_in_the_exposition(metrics: Metrics) -> None:
+    text = generate_latest(metrics.registry).decode()
+    assert "extauthz_feed_age_seconds +Inf" in text
+
+
+def test_build_info_names_version_and_python(metrics: Metrics) -> None:
+    labels = {"version": __version__, "python": platform.python_version()}
+    assert sample(metrics, "extauthz_build_info", labels) == 1.0
+
+
+def test_config_info_shows_only_the_current_policy(metrics: Metrics) -> None:
+    metrics.set_config("aaaaaaaaaaaa", "enforce")
+    metrics.set_config("bbbbbbbbbbbb", "dry_run")
+    current = {"policy_version": "bbbbbbbbbbbb", "mode": "dry_run"}
+    old = {"policy_version": "aaaaaaaaaaaa", "mode": "enforce"}
+    assert sample(metrics, "extauthz_config_info", current) == 1.0
+    assert sample(metrics, "extauthz_config_info", old) is None
+
+
+def test_issuer_keys_and_feed_users_gauges(metrics: Metrics) -> None:
+    metrics.issuer_keys.labels("https://idp.example.test").set(3)
+    metrics.feed_users.set(1500)
+    keys = {"issuer": "https://idp.example.test"}
+    assert sample(metrics, "extauthz_issuer_keys", keys) == 3.0
+    assert sample(metrics, "extauthz_feed_users") == 1500.0
+
+
+def test_two_instances_on_two_registries_do_not_collide() -> None:
+    first, second = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    first.decisions.labels("allow", "allowed").inc()
+    labels = {"decision": "allow", "reason": "allowed"}
+    assert sample(first, "extauthz_decisions_total", labels) == 1.0
+    assert sample(second, "extauthz_decisions_total", labels) == 0.0

@@ -1,0 +1,324 @@
+"""The server lifecycle (extauthz/server.py) over real sockets: gRPC Check, health, /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import AUDIENCE, bearer, check_request, make_deployment, write_feed
+from prometheus_client import CollectorRegistry
+
+from extauthz.config import Config, load_config
+from extauthz.decision_log import DecisionLog
+from extauthz.demo.issuer import LocalIssuer
+from extauthz.server import AUTHORIZATION_SERVICE, Server
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+FEED_USERS = {"alice": {"permissions": ["tickets:read", "tickets:write"]}}
+
+
+@pytest.fixture(scope="module")
+def issuer() -> LocalIssuer:
+    return LocalIssuer()
+
+
+def server_config(dest: Path, issuer: LocalIssuer) -> Config:
+    def edit(d: dict[str, Any]) -> None:
+        d["server"] = {
+            "grpc_listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "shutdown_grace": "1s",
+        }
+        d["feed"] = {"source": "feed/users.json", "refresh": "50ms", "max_staleness": "30s"}
+
+    return load_config(make_deployment(dest, issuer, edit))
+
+
+@pytest.fixture
+def config(tmp_path: Path, issuer: LocalIssuer) -> Config:
+    return server_config(tmp_path / "extauthz", issuer)
+
+
+@pytest.fixture
+async def server(config: Config) -> AsyncIterator[Server]:
+    server = Server(config, CollectorRegistry())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        yield channel
+
+
+def delegated_token(issuer: LocalIssuer, scope: str = "tickets:read") -> str:
+    return issuer.token(sub="alice", audience=AUDIENCE, scope=scope, client_id="support-agent")
+
+
+async def grpc_check(
+    channel: grpc.aio.Channel, request: external_auth_pb2.CheckRequest
+) -> external_auth_pb2.CheckResponse:
+    stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+    response: external_auth_pb2.CheckResponse = await stub.Check(request, timeout=5)
+    return response
+
+
+async def health(channel: grpc.aio.Channel, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    status: int = response.status
+    return status
+
+
+async def http_status(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return int(response.split(b" ", 2)[1])
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def sample(server: Server, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return server.metrics.registry.get_sample_value(name, labels or {})
+
+
+def replace_file(path: Path, content: bytes) -> None:
+    """Write ``content`` under ``path`` so that a poller certainly sees the change."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_bytes(content)
+    os.replace(staged, path)
+
+
+# --- serving -----------------------------------------------------------------------------
+
+
+async def test_grpc_check_allows_and_denies_over_a_real_channel(
+    config: Config, issuer: LocalIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Built inside the test so that its decision log is bound to the captured stdout.
+    server = Server(config, CollectorRegistry())
+    await server.start()
+    try:
+        assert server.grpc_port > 0
+        assert server.http_port > 0
+        token = delegated_token(issuer)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            allowed = await grpc_check(channel, check_request(headers=bearer(token)))
+            denied = await grpc_check(
+                channel, check_request(method="DELETE", headers=bearer(token))
+            )
+            missing = await grpc_check(channel, check_request())
+    finally:
+        await server.stop()
+
+    assert allowed.status.code == code_pb2.OK
+    assert allowed.WhichOneof("http_response") == "ok_response"
+    assert denied.status.code == code_pb2.PERMISSION_DENIED
+    assert denied.denied_response.status.code == 403
+    assert missing.status.code == code_pb2.UNAUTHENTICATED
+    assert missing.denied_response.status.code == 401
+
+    # Decision lines go to stdout, one per check.
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [line["reason"] for line in lines] == [
+        "allowed",
+        "agent_lacks_permission",
+        "token_missing",
+    ]
+    assert lines[0]["decision_id"] == dict(allowed.dynamic_metadata)["decision_id"]
+    allowed_total = {"decision": "allow", "reason": "allowed"}
+    assert sample(server, "extauthz_decisions_total", allowed_total) == 1.0
+
+
+async def test_health_and_readyz_report_serving_once_keys_and_feed_are_loaded(
+    server: Server, channel: grpc.aio.Channel
+) -> None:
+    assert await health(channel) == SERVING
+    assert await health(channel, AUTHORIZATION_SERVICE) == SERVING
+    assert await http_status(server.http_port, "/readyz") == 200
+    assert await http_status(server.http_port, "/healthz") == 200
+    assert sample(server, "extauthz_feed_users") == 3.0
+    assert sample(server, "extauthz_feed_refresh_total", {"outcome": "success"}) == 1.0
+    keys = {"issuer": "https://idp.example.test"}
+    assert sample(server, "extauthz_issuer_keys", keys) == 3.0
+    info = {"policy_version": server.config.policy_version, "mode": "enforce"}
+    assert sample(server, "extauthz_config_info", info) == 1.0
+    age = sample(server, "extauthz_feed_age_seconds")
+    assert age is not None
+    assert 0.0 <= age < 5.0
+
+
+async def test_feed_loop_confirms_an_unchanged_feed(server: Server) -> None:
+    async def confirmed() -> bool:
+        value = sample(server, "extauthz_feed_refresh_total", {"outcome": "not_modified"})
+        return value is not None and value >= 2
+
+    await eventually(confirmed)
+    assert sample(server, "extauthz_feed_refresh_total", {"outcome": "error"}) == 0.0
+
+
+# --- no feed yet -------------------------------------------------------------------------
+
+
+async def test_without_a_feed_the_server_is_not_serving_until_one_arrives(
+    config: Config, issuer: LocalIssuer
+) -> None:
+    feed = config.feed.source
+    feed.unlink()
+    server = Server(config, CollectorRegistry())
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            assert await health(channel) == NOT_SERVING
+            assert await health(channel, AUTHORIZATION_SERVICE) == NOT_SERVING
+            assert await http_status(server.http_port, "/readyz") == 503
+            assert await http_status(server.http_port, "/healthz") == 200
+            assert sample(server, "extauthz_feed_age_seconds") == math.inf
+            assert sample(server, "extauthz_feed_refresh_total", {"outcome": "error"}) >= 1.0
+            # Checks are still answered: a delegated call is refused as stale, not dropped.
+            denied = await grpc_check(
+                channel, check_request(headers=bearer(delegated_token(issuer)))
+            )
+            assert denied.denied_response.status.code == 503
+
+            write_feed(feed, "5", FEED_USERS)
+
+            async def serving() -> bool:
+                return await health(channel) == SERVING
+
+            await eventually(serving)
+            assert await health(channel, AUTHORIZATION_SERVICE) == SERVING
+            assert await http_status(server.http_port, "/readyz") == 200
+            allowed = await grpc_check(
+                channel, check_request(headers=bearer(delegated_token(issuer)))
+            )
+            assert allowed.status.code == code_pb2.OK
+            age = sample(server, "extauthz_feed_age_seconds")
+            assert age is not None
+            assert age < 5.0
+    finally:
+        await server.stop()
+
+
+# --- a bad feed later --------------------------------------------------------------------
+
+
+async def test_garbage_feed_keeps_the_last_good_snapshot_and_counts_an_error(
+    server: Server, channel: grpc.aio.Channel, issuer: LocalIssuer
+) -> None:
+    good = server.runtime.feed.state.snapshot
+    assert good is not None
+    assert good.version == "1"
+
+    replace_file(server.config.feed.source, b'{"version": "2", "users": {"alice": ')
+
+    async def rejected() -> bool:
+        value = sample(server, "extauthz_feed_refresh_total", {"outcome": "error"})
+        return value is not None and value >= 1
+
+    await eventually(rejected)
+    assert server.runtime.feed.state.snapshot is good
+    assert await health(channel) == SERVING
+    assert await http_status(server.http_port, "/readyz") == 200
+
+    stream = io.StringIO()
+    server.handler.decision_log = DecisionLog(stream)
+    allowed = await grpc_check(channel, check_request(headers=bearer(delegated_token(issuer))))
+    assert allowed.status.code == code_pb2.OK
+    assert json.loads(stream.getvalue())["feed_version"] == "1"
+
+
+async def test_revocation_in_a_changed_feed_is_picked_up_live(
+    server: Server, channel: grpc.aio.Channel, issuer: LocalIssuer
+) -> None:
+    token = delegated_token(issuer, "tickets:read tickets:write")
+    request = check_request(method="POST", path="/tickets", headers=bearer(token))
+    assert (await grpc_check(channel, request)).status.code == code_pb2.OK
+
+    staged = write_feed(
+        server.config.feed.source.with_name("staged.json"),
+        "2",
+        {"alice": {"permissions": ["tickets:read"]}, "bob": {"permissions": []}},
+    )
+    os.replace(staged, server.config.feed.source)
+
+    async def loaded() -> bool:
+        snapshot = server.runtime.feed.state.snapshot
+        return snapshot is not None and snapshot.version == "2"
+
+    await eventually(loaded)
+    assert sample(server, "extauthz_feed_users") == 2.0
+    denied = await grpc_check(channel, request)
+    assert denied.status.code == code_pb2.PERMISSION_DENIED
+    assert json.loads(denied.denied_response.body)["reason"] == "user_lacks_permission"
+
+
+# --- stopping ----------------------------------------------------------------------------
+
+
+async def test_stop_drains_and_returns(config: Config) -> None:
+    server = Server(config, CollectorRegistry())
+    await server.start()
+    grpc_port, http_port = server.grpc_port, server.http_port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        assert await health(channel) == SERVING
+
+        started = time.monotonic()
+        await asyncio.wait_for(server.stop(), 5)
+        assert time.monotonic() - started < 3.0
+
+        assert server.http.draining is True
+        assert all(task.done() for task in server._tasks)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await health(channel)
+    with pytest.raises(OSError):
+        await http_status(http_port, "/readyz")
+
+
+async def test_busy_grpc_port_fails_start(tmp_path: Path, issuer: LocalIssuer) -> None:
+    config = server_config(tmp_path / "a", issuer)
+    first = Server(config, CollectorRegistry())
+    await first.start()
+    try:
+        busy = f"127.0.0.1:{first.grpc_port}"
+
+        def edit(d: dict[str, Any]) -> None:
+            d["server"] = {"grpc_listen": busy, "http_listen": "127.0.0.1:0"}
+
+        second = Server(load_config(make_deployment(tmp_path / "b", issuer, edit)))
+        # grpc raises RuntimeError("Failed to bind ...") itself; the server's own
+        # "cannot listen" OSError is for a bind that reports port 0.
+        with pytest.raises((OSError, RuntimeError), match=r"(?i)bind|cannot listen"):
+            await second.start()
+        await second.stop()
+    finally:
+        await first.stop()
