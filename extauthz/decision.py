@@ -9,7 +9,7 @@ token → agent → chain → user → route → permissions.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from extauthz.config import AgentConfig, Config
 from extauthz.errors import (
@@ -38,28 +38,74 @@ class PolicyView:
     feed: FeedState
 
 
+class _Trace:
+    """What the steps established so far, so that a deny still records it. Mutable and
+    local to one call; turned into the immutable Decision once, at the end."""
+
+    __slots__ = (
+        "agent_has",
+        "audience",
+        "client_id",
+        "identity",
+        "issuer",
+        "jti",
+        "lacking",
+        "mcp_method",
+        "mcp_tool",
+        "permission",
+        "resource",
+        "scope_has",
+        "user_has",
+    )
+
+    def __init__(self, resource: str | None, audience: str | None) -> None:
+        self.resource = resource
+        self.audience = audience
+        self.identity: Identity | None = None
+        self.issuer: str | None = None
+        self.client_id: str | None = None
+        self.jti: str | None = None
+        self.permission: str | None = None
+        self.mcp_method: str | None = None
+        self.mcp_tool: str | None = None
+        self.agent_has: bool | None = None
+        self.user_has: bool | None = None
+        self.scope_has: bool | None = None
+        self.lacking: tuple[str, ...] = ()
+
+    def decision(self, reason: Reason, detail: str = "") -> Decision:
+        return Decision(
+            reason,
+            identity=self.identity,
+            issuer=self.issuer,
+            client_id=self.client_id,
+            jti=self.jti,
+            resource=self.resource,
+            audience=self.audience,
+            permission=self.permission,
+            mcp_method=self.mcp_method,
+            mcp_tool=self.mcp_tool,
+            agent_has=self.agent_has,
+            user_has=self.user_has,
+            scope_has=self.scope_has,
+            lacking=self.lacking,
+            detail=detail,
+        )
+
+
 def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision:
     """Decide one request. Never raises for bad input: every refusal is a Decision."""
     config = view.config
     resource = config.resources.resource_for_host(request.host)
-    # Filled in as steps pass, so a deny still records what was established before it.
-    partial = Decision(
-        Reason.ALLOWED,
-        resource=resource.name if resource else None,
-        audience=resource.audience if resource else None,
-    )
+    trace = _Trace(resource.name if resource else None, resource.audience if resource else None)
     try:
         token = bearer_token(request.headers.get("authorization"))
         signed = verify_signature(token, config.issuers, view.key_sets, config.tokens)
-        partial = replace(
-            partial,
-            issuer=signed.issuer,
-            client_id=_claim_str(signed.claims, "client_id"),
-            jti=_claim_str(signed.claims, "jti"),
-        )
-        validate_claims(signed.claims, config.tokens, partial.audience, now)
-        identity = identity_from_claims(signed.claims, signed.issuer)
-        partial = replace(partial, identity=identity)
+        trace.issuer = signed.issuer
+        trace.client_id = _claim_str(signed.claims, "client_id")
+        trace.jti = _claim_str(signed.claims, "jti")
+        validate_claims(signed.claims, config.tokens, trace.audience, now)
+        identity = trace.identity = identity_from_claims(signed.claims, signed.issuer)
         actors = _authorized_actors(identity, signed.claims, config)
         user_grants = _user_grants(identity, view.feed, config, now)
         if resource is None:
@@ -67,17 +113,16 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
         try:
             match = match_route(resource, request)
         except McpToolUnknown as unknown:
-            partial = replace(partial, mcp_method="tools/call", mcp_tool=unknown.tool)
+            trace.mcp_method, trace.mcp_tool = "tools/call", unknown.tool
             raise
-        partial = replace(
-            partial,
-            permission=match.permission,
-            mcp_method=match.mcp_method,
-            mcp_tool=match.mcp_tool,
+        trace.permission, trace.mcp_method, trace.mcp_tool = (
+            match.permission,
+            match.mcp_method,
+            match.mcp_tool,
         )
-        return _check_permission(partial, match, actors, user_grants, identity)
+        return trace.decision(_check_permission(trace, match, actors, user_grants, identity))
     except Denied as denied:
-        return replace(partial, reason=denied.reason, detail=denied.detail)
+        return trace.decision(denied.reason, denied.detail)
 
 
 def _authorized_actors(
@@ -124,34 +169,33 @@ def _user_grants(
 
 
 def _check_permission(
-    partial: Decision,
+    trace: _Trace,
     match: RouteMatch,
     actors: tuple[AgentConfig, ...],
     user_grants: GrantSet | None,
     identity: Identity,
-) -> Decision:
+) -> Reason:
+    """Record each side's answer on ``trace``; the reason names the first side lacking."""
     permission = match.permission
     if permission is None:
         # MCP methods other than tools/call need a valid token and agent, nothing more.
-        return partial
+        return Reason.ALLOWED
     agent_has = all(a.permissions.grants_permission(permission) for a in actors)
     user_has = None if user_grants is None else user_grants.grants_permission(permission)
     scope_has = GrantSet(identity.scopes).grants_permission(permission)
-    lacking = tuple(
+    trace.agent_has, trace.user_has, trace.scope_has = agent_has, user_has, scope_has
+    trace.lacking = tuple(
         side
         for side, has in (("agent", agent_has), ("user", user_has), ("scope", scope_has))
         if has is False
     )
-    decided = replace(
-        partial, agent_has=agent_has, user_has=user_has, scope_has=scope_has, lacking=lacking
-    )
     if not agent_has:
-        return replace(decided, reason=Reason.AGENT_LACKS_PERMISSION)
+        return Reason.AGENT_LACKS_PERMISSION
     if user_has is False:
-        return replace(decided, reason=Reason.USER_LACKS_PERMISSION)
+        return Reason.USER_LACKS_PERMISSION
     if not scope_has:
-        return replace(decided, reason=Reason.SCOPE_LACKS_PERMISSION)
-    return decided
+        return Reason.SCOPE_LACKS_PERMISSION
+    return Reason.ALLOWED
 
 
 def _claim_str(claims: Mapping[str, object], name: str) -> str | None:

@@ -81,14 +81,22 @@ class Metrics:
             registry=registry,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        # Every series exists from the start, so rates and alerts see zeros, not gaps.
-        for reason in Reason:
-            self.decisions.labels("allow" if reason is Reason.ALLOWED else "deny", reason.value)
-        for decision in ("allow", "deny"):
-            self.check_duration.labels(decision)
+        # Every series exists from the start, so rates and alerts see zeros, not gaps; the
+        # children are resolved once here so a check does no label lookups.
+        self._decision_children = {
+            reason: self.decisions.labels(_decision_label(reason), reason.value)
+            for reason in Reason
+        }
+        self._duration_children = {
+            label: self.check_duration.labels(label) for label in ("allow", "deny")
+        }
         for refresh_outcome in REFRESH_OUTCOMES:
             self.feed_refreshes.labels(refresh_outcome)
         self.feed_age.set(math.inf)
+
+    def observe_check(self, reason: Reason, seconds: float) -> None:
+        self._duration_children[_decision_label(reason)].observe(seconds)
+        self._decision_children[reason].inc()
 
     def track_feed_age(self, age: Callable[[], float | None]) -> None:
         self.feed_age.set_function(lambda: _or_inf(age()))
@@ -96,6 +104,10 @@ class Metrics:
     def set_config(self, policy_version: str, mode: str) -> None:
         self.config_info.clear()
         self.config_info.labels(policy_version, mode).set(1)
+
+
+def _decision_label(reason: Reason) -> str:
+    return "allow" if reason is Reason.ALLOWED else "deny"
 
 
 def _or_inf(value: float | None) -> float:

@@ -83,9 +83,7 @@ class CheckHandler:
             log.exception("decision log write failed", extra={"decision_id": decision_id})
             decision = Decision(Reason.INTERNAL_ERROR)
             response = check_response(decision, decision_id, view.config.response, enforce=True)
-        label = "allow" if decision.allowed else "deny"
-        self.metrics.check_duration.labels(label).observe(elapsed)
-        self.metrics.decisions.labels(label, decision.reason.value).inc()
+        self.metrics.observe_check(decision.reason, elapsed)
         return response
 
     def _record(
