@@ -431,3 +431,32 @@ def test_no_token_ever_reaches_the_logs(stack: Stack) -> None:
         for secret in secrets:
             assert stack.logs_containing(secret) == [], "a token reached extauthz's output"
             assert secret not in envoy_output, "a token reached Envoy's output"
+
+
+# --------------------------------------------------------------------------- hostile input
+
+HOSTILE: dict[str, tuple[dict[str, str], bytes | None, str, int]] = {
+    # name: (headers, body, expected reason, expected status)
+    "garbage bearer": ({"Authorization": "Bearer %%%.@@@.!!!"}, None, "token_malformed", 401),
+    "three dots of nothing": ({"Authorization": "Bearer .."}, None, "token_malformed", 401),
+    "50 kB token": ({"Authorization": "Bearer " + "A" * 50_000}, None, "token_malformed", 401),
+    "basic credentials": ({"Authorization": "Basic YWxpY2U6cHc="}, None, "token_missing", 401),
+    "binary MCP body": ({}, bytes(range(256)) * 8, "mcp_request_invalid", 400),
+    "deeply nested MCP body": ({}, b"[" * 50_000, "mcp_request_invalid", 400),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_input_gets_a_precise_deny_and_the_service_keeps_serving(
+    stack: Stack, case: str
+) -> None:
+    headers, body, reason, status = HOSTILE[case]
+    token = None if "Authorization" in headers else alice(stack)
+    response = stack.request("POST", "/mcp", token=token, headers=headers, body=body)
+
+    assert (response.status, response.json()["reason"]) == (status, reason)
+    assert not response.from_upstream
+    assert decision_for(stack, response)["reason"] == reason
+    # ...and the very next ordinary request is served as usual.
+    follow_up = stack.request("GET", "/tickets/42", token=alice(stack))
+    assert follow_up.status == 200 and follow_up.from_upstream
