@@ -23,7 +23,6 @@ HEADER_AGENT = "x-extauthz-agent"
 HEADER_USER = "x-extauthz-user"
 HEADER_PERMISSION = "x-extauthz-permission"
 HEADER_DECISION_ID = "x-extauthz-decision-id"
-IDENTITY_HEADERS = (HEADER_AGENT, HEADER_USER, HEADER_PERMISSION, HEADER_DECISION_ID)
 # Envoy marks a body cut at with_request_body.max_request_bytes with this header.
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 

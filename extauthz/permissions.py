@@ -72,9 +72,6 @@ class GrantSet:
         return hash(self.grants)
 
 
-EMPTY_GRANTS = GrantSet(())
-
-
 def _pattern_matches(pattern: tuple[str, ...], segments: list[str]) -> bool:
     last = len(pattern) - 1
     for i, want in enumerate(pattern):

@@ -81,10 +81,6 @@ class Route:
     permission: str | None = None
     mcp_tools: Mapping[str, str] | None = None
 
-    @property
-    def is_mcp(self) -> bool:
-        return self.mcp_tools is not None
-
 
 @dataclass(frozen=True, slots=True)
 class Resource:
