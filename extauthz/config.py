@@ -388,21 +388,31 @@ def _route(s: _Section) -> Route:
         problem = permission_problem(permission, allow_wildcard=False)
         if problem:
             raise s.error("permission", problem)
+        if s.has("mcp_methods"):
+            raise s.error("mcp_methods", "only an MCP route (one with mcp_tools) may have it")
         s.finish()
         return Route(method, path, permission=permission)
-    tools = s.section("mcp_tools")
+    mapping = _permission_map(s.section("mcp_tools"), "tool")
+    methods = _permission_map(s.section("mcp_methods"), "method")
+    if "tools/call" in methods:
+        raise s.error("mcp_methods.tools/call", "tools/call is authorized per tool: mcp_tools")
+    s.finish()
+    return Route(method, path, mcp_tools=mapping, mcp_methods=methods)
+
+
+def _permission_map(s: _Section, what: str) -> dict[str, str]:
+    """A mapping of names (tools, JSON-RPC methods) to concrete required permissions."""
     mapping: dict[str, str] = {}
-    for tool in list(tools.data):
-        if not isinstance(tool, str) or not tool:
-            raise tools.error(str(tool), "tool names must be non-empty strings")
-        permission = tools.string(tool)
+    for name in list(s.data):
+        if not isinstance(name, str) or not name:
+            raise s.error(str(name), f"{what} names must be non-empty strings")
+        permission = s.string(name)
         problem = permission_problem(permission, allow_wildcard=False)
         if problem:
-            raise tools.error(tool, problem)
-        mapping[tool] = permission
-    tools.finish()
+            raise s.error(name, problem)
+        mapping[name] = permission
     s.finish()
-    return Route(method, path, mcp_tools=mapping)
+    return mapping
 
 
 def _feed(s: _Section, base: Path) -> FeedConfig:

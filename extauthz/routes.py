@@ -9,7 +9,7 @@ first whose method and path template match wins. An MCP route reads the JSON-RPC
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from extauthz.errors import AccessForbidden, Reason, RequestInvalid
@@ -80,6 +80,9 @@ class Route:
     # Exactly one of these is set: a plain route needs ``permission``, an MCP route maps tools.
     permission: str | None = None
     mcp_tools: Mapping[str, str] | None = None
+    # Optional, MCP routes only: other JSON-RPC methods that need a permission too (e.g.
+    # resources/read, which returns data). Methods not listed need only a valid token.
+    mcp_methods: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +185,18 @@ def _match_mcp(
     if not request.body:
         raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "MCP request without a body")
     message = _parse_json_rpc(request.body)
-    mcp_method = message["method"]
+    mcp_method: str = message["method"]
     if mcp_method != "tools/call":
-        return RouteMatch(resource, route, None, mcp_method=mcp_method)
+        guarded = mcp_method.strip().lower()
+        if guarded == "tools/call" or (
+            mcp_method not in route.mcp_methods
+            and any(guarded == m.lower() for m in route.mcp_methods)
+        ):
+            # JSON-RPC method names are case-sensitive, but a lenient server might not be:
+            # a near-spelling of a guarded method must not pass as an unguarded one.
+            raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "method name is a near-spelling")
+        permission = route.mcp_methods.get(mcp_method)
+        return RouteMatch(resource, route, permission, mcp_method=mcp_method)
     params = message.get("params")
     tool = params.get("name") if isinstance(params, dict) else None
     if not isinstance(tool, str) or not tool:

@@ -611,3 +611,47 @@ def test_policy_version_is_the_file_hash_and_changes_with_the_file(tmp_path: Pat
 
 def test_mode_dry_run_is_accepted(tmp_path: Path) -> None:
     assert load_edited(tmp_path, lambda d: d.update(mode="dry_run")).mode == "dry_run"
+
+
+# --- mcp_methods -------------------------------------------------------------------------
+
+
+def test_mcp_methods_map_other_json_rpc_methods_to_permissions(tmp_path: Path) -> None:
+    config = load_edited(
+        tmp_path, lambda d: route(d, 3).update(mcp_methods={"resources/read": "tickets:read"})
+    )
+    mcp_route = config.resources.resources[0].routes[3]
+    assert mcp_route.mcp_methods == {"resources/read": "tickets:read"}
+
+
+def test_mcp_methods_default_to_none_guarded(tmp_path: Path) -> None:
+    assert load_edited(tmp_path).resources.resources[0].routes[3].mcp_methods == {}
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "problem"),
+    [
+        (
+            lambda d: route(d, 0).update(mcp_methods={"resources/read": "tickets:read"}),
+            "resources[0].routes[0].mcp_methods",
+            "only an MCP route",
+        ),
+        (
+            lambda d: route(d, 3).update(mcp_methods={"tools/call": "tickets:read"}),
+            "resources[0].routes[3].mcp_methods.tools/call",
+            "per tool",
+        ),
+        (
+            lambda d: route(d, 3).update(mcp_methods={"resources/read": "tickets:*"}),
+            "resources[0].routes[3].mcp_methods.resources/read",
+            "concrete",
+        ),
+    ],
+    ids=["on-a-plain-route", "tools-call", "wildcard-permission"],
+)
+def test_invalid_mcp_methods_are_rejected(
+    tmp_path: Path, edit: Edit, key: str, problem: str
+) -> None:
+    err = error_of(tmp_path, edit)
+    assert err.key == key
+    assert problem in err.problem

@@ -345,3 +345,58 @@ def test_raw_backslash_is_an_unsafe_path(path: str) -> None:
     with pytest.raises(AccessForbidden) as info:
         match_route(TICKETS, req(path))
     assert info.value.reason is Reason.ROUTE_UNKNOWN
+
+
+# --- MCP method guarding -----------------------------------------------------------------
+
+GUARDED = Resource(
+    name="docs",
+    hosts=("docs.example.test",),
+    audience="https://docs.example.test",
+    routes=(
+        Route(
+            "POST",
+            PathTemplate.parse("/mcp"),
+            mcp_tools=TOOLS,
+            mcp_methods={"resources/read": "docs:read"},
+        ),
+    ),
+)
+
+
+def rpc(method: str, params: object = None) -> bytes:
+    message: dict[str, object] = {"jsonrpc": "2.0", "id": 1, "method": method}
+    if params is not None:
+        message["params"] = params
+    return json.dumps(message).encode()
+
+
+def test_mapped_mcp_method_requires_its_permission() -> None:
+    match = match_route(GUARDED, req("/mcp", "POST", rpc("resources/read", {"uri": "d://1"})))
+    assert (match.permission, match.mcp_method, match.mcp_tool) == (
+        "docs:read",
+        "resources/read",
+        None,
+    )
+
+
+def test_unmapped_mcp_method_still_needs_no_permission() -> None:
+    match = match_route(GUARDED, req("/mcp", "POST", rpc("prompts/list")))
+    assert (match.permission, match.mcp_method) == (None, "prompts/list")
+
+
+@pytest.mark.parametrize(
+    ("resource", "method"),
+    [
+        (TICKETS, "Tools/Call"),
+        (TICKETS, "tools/call "),
+        (TICKETS, "TOOLS/CALL"),
+        (GUARDED, "Resources/Read"),
+        (GUARDED, " resources/read"),
+    ],
+)
+def test_near_spelling_of_a_guarded_method_is_invalid(resource: Resource, method: str) -> None:
+    # A lenient server might run these as the guarded method: they must not pass unguarded.
+    with pytest.raises(RequestInvalid) as info:
+        match_route(resource, req("/mcp", "POST", rpc(method, {"name": "create_ticket"})))
+    assert info.value.reason is Reason.MCP_REQUEST_INVALID
