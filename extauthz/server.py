@@ -18,7 +18,7 @@ import time
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
 from extauthz.config import Config, load_config
@@ -50,7 +50,7 @@ class Server:
         self.metrics.track_feed_age(lambda: self.runtime.feed.state.age(time.time()))
         self.handler = CheckHandler(self.runtime, self.metrics, DecisionLog(sys.stdout))
         self.feed_source = FileFeedSource(config.feed.source)
-        self.health = HealthServicer()
+        self.health = health_aio.HealthServicer()
         self.http = HttpEndpoints(self.metrics.registry, lambda: self.runtime.ready)
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
