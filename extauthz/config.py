@@ -61,6 +61,8 @@ class TokenPolicy:
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     id: str
+    # The issuer this agent is a client of; tokens from any other issuer are not it.
+    issuer: str
     permissions: GrantSet
     delegated: bool = True
     autonomous: bool = False
@@ -70,6 +72,8 @@ class AgentConfig:
 @dataclass(frozen=True, slots=True)
 class FeedConfig:
     source: Path
+    # Whose users the feed lists: delegated tokens from other issuers have no user here.
+    issuer: str
     refresh: float = 10.0
     max_staleness: float = 120.0
 
@@ -239,9 +243,11 @@ def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
     if not issuers:
         raise top.error("issuers", "must list at least one issuer")
     tokens = _tokens(top.section("tokens"))
-    agents = _unique([_agent(s) for s in top.items("agents")], lambda a: a.id, top, "agents")
+    agents = _unique(
+        [_agent(s, issuers) for s in top.items("agents")], lambda a: a.id, top, "agents"
+    )
     resources = _resources(top)
-    feed = _feed(top.section("feed", required=True), base)
+    feed = _feed(top.section("feed", required=True), base, issuers)
     response = _response(top.section("response"))
     top.finish()
     return Config(
@@ -322,18 +328,32 @@ def _leeway(s: _Section, default: float) -> float:
     return leeway
 
 
-def _agent(s: _Section) -> AgentConfig:
+def _issuer_of(s: _Section, issuers: Mapping[str, IssuerConfig], what: str) -> str:
+    """``issuer`` of an agent or the feed: defaults to the only issuer, required with several."""
+    if not s.has("issuer"):
+        if len(issuers) == 1:
+            return next(iter(issuers))
+        raise s.error("issuer", f"is required when several issuers are configured: {what}")
+    issuer = s.string("issuer")
+    if issuer not in issuers:
+        raise s.error("issuer", f"{issuer!r} is not one of the configured issuers")
+    return issuer
+
+
+def _agent(s: _Section, issuers: Mapping[str, IssuerConfig]) -> AgentConfig:
     agent_id = s.string("id")
-    if not agent_id.isprintable():
-        raise s.error("id", "must not contain control characters")
+    if not agent_id.isprintable() or agent_id != agent_id.strip():
+        raise s.error("id", "must not contain control characters or surrounding spaces")
+    issuer = _issuer_of(s, issuers, "which one's client is this agent?")
     permissions = s.string_list("permissions", required=False)
     for i, grant in enumerate(permissions):
         problem = permission_problem(grant, allow_wildcard=True)
         if problem:
             raise s.error(f"permissions[{i}]", problem)
-    default = AgentConfig(agent_id, GrantSet(()))
+    default = AgentConfig(agent_id, issuer, GrantSet(()))
     agent = AgentConfig(
         id=agent_id,
+        issuer=issuer,
         permissions=GrantSet(permissions),
         delegated=s.boolean("delegated", default.delegated),
         autonomous=s.boolean("autonomous", default.autonomous),
@@ -415,13 +435,14 @@ def _permission_map(s: _Section, what: str) -> dict[str, str]:
     return mapping
 
 
-def _feed(s: _Section, base: Path) -> FeedConfig:
-    default = FeedConfig(Path())
+def _feed(s: _Section, base: Path, issuers: Mapping[str, IssuerConfig]) -> FeedConfig:
+    default = FeedConfig(Path(), "")
     source = s.string("source")
     if "://" in source:
         raise s.error("source", "only a file path is supported in this version")
     feed = FeedConfig(
         source=base / source,
+        issuer=_issuer_of(s, issuers, "whose users does the feed list?"),
         refresh=s.duration("refresh", default.refresh),
         max_staleness=s.duration("max_staleness", default.max_staleness),
     )

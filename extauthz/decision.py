@@ -130,23 +130,31 @@ def _authorized_actors(
 ) -> tuple[AgentConfig, ...]:
     """The agents whose permissions bound this call: the current actor, or with
     ``delegation: intersect`` every actor in the chain."""
-    agent = _registered_agent(identity.agent, config)
-    if identity.user is None:
-        if not agent.autonomous:
-            raise AccessForbidden(Reason.AGENT_NOT_AUTONOMOUS, f"{agent.id} may not act alone")
-    elif not agent.delegated:
-        raise AccessForbidden(Reason.AGENT_NOT_DELEGATED, f"{agent.id} may not act for users")
+    agent = _registered_agent(identity.agent, identity.issuer, config)
+    _check_mode(agent, identity)
     max_depth = config.tokens.max_delegation_depth
     if "act" in claims and len(identity.actor_chain) > max_depth:
         raise TokenRejected(Reason.DELEGATION_TOO_DEEP, f"more than {max_depth} actors")
     if config.tokens.delegation != "intersect":
         return (agent,)
-    return (agent, *(_registered_agent(a, config) for a in identity.actor_chain[1:]))
+    prior = tuple(_registered_agent(a, identity.issuer, config) for a in identity.actor_chain[1:])
+    for actor in prior:
+        _check_mode(actor, identity)
+    return (agent, *prior)
 
 
-def _registered_agent(agent_id: str, config: Config) -> AgentConfig:
+def _check_mode(agent: AgentConfig, identity: Identity) -> None:
+    if identity.user is None:
+        if not agent.autonomous:
+            raise AccessForbidden(Reason.AGENT_NOT_AUTONOMOUS, f"{agent.id} may not act alone")
+    elif not agent.delegated:
+        raise AccessForbidden(Reason.AGENT_NOT_DELEGATED, f"{agent.id} may not act for users")
+
+
+def _registered_agent(agent_id: str, issuer: str, config: Config) -> AgentConfig:
     agent = config.agents.get(agent_id)
-    if agent is None:
+    # An agent is a client of one issuer: another issuer naming the same id is not it.
+    if agent is None or agent.issuer != issuer:
         raise TokenRejected(Reason.AGENT_UNKNOWN, f"agent {agent_id!r} is not registered")
     if agent.disabled:
         raise TokenRejected(Reason.AGENT_DISABLED, f"agent {agent_id!r} is disabled")
@@ -160,7 +168,10 @@ def _user_grants(
         return None
     if feed.snapshot is None or not feed.is_fresh(now, config.feed.max_staleness):
         raise ServiceUnavailable(Reason.FEED_STALE, "user-permission feed is stale")
-    entry = feed.snapshot.users.get(identity.user)
+    # The feed speaks for the users of one issuer; another issuer's "alice" is not them.
+    entry = (
+        feed.snapshot.users.get(identity.user) if identity.issuer == config.feed.issuer else None
+    )
     if entry is None:
         raise AccessForbidden(Reason.USER_UNKNOWN, "user is not in the feed")
     if entry.disabled:

@@ -77,9 +77,9 @@ def decision_record(
         "jti": decision.jti,
         "audience": decision.audience,
         "resource": decision.resource,
-        "method": request.method,
-        "host": request.host,
-        "path": request.path,
+        "method": _bounded(request.method),
+        "host": _bounded(request.host),
+        "path": _bounded(request.path),
         "permission": decision.permission,
         "mcp_tool": decision.mcp_tool,
         "agent_has": decision.agent_has,
@@ -88,15 +88,24 @@ def decision_record(
         "feed_version": feed_version,
         "feed_age_s": None if feed_age_s is None else round(feed_age_s, 3),
         "policy_version": policy_version,
-        "request_id": request.request_id,
+        "request_id": _bounded(request.request_id),
         "source": request.source,
         "latency_us": latency_us,
     }
     if decision.mcp_method is not None:
-        record["mcp_method"] = decision.mcp_method
+        record["mcp_method"] = _bounded(decision.mcp_method)
     if would_status is not None:
         record["would_status"] = would_status
     return record
+
+
+# Client-chosen text (host, path, method, request id, MCP method) is cut so that one request
+# cannot write a line of tens of kilobytes.
+MAX_FIELD_CHARS = 1024
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + "…"
 
 
 class DecisionLog:

@@ -23,6 +23,9 @@ HEADER_AGENT = "x-extauthz-agent"
 HEADER_USER = "x-extauthz-user"
 HEADER_PERMISSION = "x-extauthz-permission"
 HEADER_DECISION_ID = "x-extauthz-decision-id"
+# Frameworks that honour these would run another method than the one we authorized
+# (a GET checked as tickets:read, served as DELETE): they never reach the upstream.
+METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 # Envoy marks a body cut at with_request_body.max_request_bytes with this header.
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 
@@ -146,6 +149,7 @@ def _ok_response(
     values[HEADER_PERMISSION] = decision.permission if decision.allowed else None
     # Headers the client sent under our names are overwritten or removed, never passed on.
     remove = [name for name, value in values.items() if value is None]
+    remove.extend(METHOD_OVERRIDE_HEADERS)
     if not response_config.forward_authorization:
         remove.append("authorization")
     return external_auth_pb2.OkHttpResponse(

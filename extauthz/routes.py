@@ -14,7 +14,7 @@ from typing import Any
 
 from extauthz.errors import AccessForbidden, Reason, RequestInvalid
 from extauthz.model import RequestAttributes
-from extauthz.strict_json import loads_strict
+from extauthz.strict_json import has_folded_collision, loads_strict
 
 # Request path segments that must never reach a template match: dot segments could make
 # the path we authorize differ from the one the upstream serves (RFC 3986 §5.2.4), and an
@@ -171,7 +171,8 @@ def _request_segments(path: str) -> list[str] | None:
     if "%" in path or "." in path or "\\" in path:
         for segment in segments:
             lowered = segment.lower()
-            if lowered in _DOT_SEGMENTS or any(s in lowered for s in _SEPARATORS):
+            # "..;x" is a dot segment to servers that strip ";params" first (Tomcat, Jetty).
+            if lowered.split(";", 1)[0] in _DOT_SEGMENTS or any(s in lowered for s in _SEPARATORS):
                 return None
     return segments
 
@@ -186,6 +187,9 @@ def _match_mcp(
         raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "MCP request without a body")
     message = _parse_json_rpc(request.body)
     mcp_method: str = message["method"]
+    if not (mcp_method.isascii() and mcp_method.isprintable()):
+        # A NUL or zero-width character could make a lenient server read "tools/call".
+        raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "method name has invisible characters")
     if mcp_method != "tools/call":
         guarded = mcp_method.strip().lower()
         if guarded == "tools/call" or (
@@ -209,7 +213,9 @@ def _match_mcp(
 
 def _parse_json_rpc(body: bytes) -> dict[str, Any]:
     try:
-        message = loads_strict(body)
+        # Exact repeats are refused anywhere; look-alike names only where we authorize from
+        # (the message and its params), so tool arguments may carry both "id" and "ID".
+        message = loads_strict(body, fold_names=False)
     except (ValueError, RecursionError) as err:
         raise RequestInvalid(
             Reason.MCP_REQUEST_INVALID, "body is not JSON, or repeats a member name"
@@ -217,6 +223,9 @@ def _parse_json_rpc(body: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         # JSON-RPC batches were removed from MCP (2025-06-18); one message per request.
         raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "body is not one JSON-RPC object")
+    params = message.get("params")
+    if has_folded_collision(message) or (isinstance(params, dict) and has_folded_collision(params)):
+        raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "member names a lenient parser merges")
     if message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
         raise RequestInvalid(Reason.MCP_REQUEST_INVALID, "body is not a JSON-RPC 2.0 request")
     return message

@@ -655,3 +655,125 @@ def test_invalid_mcp_methods_are_rejected(
     err = error_of(tmp_path, edit)
     assert err.key == key
     assert problem in err.problem
+
+
+# --- agents[].issuer and feed.issuer -----------------------------------------------------
+
+PARTNER = "https://partner.example.test"
+
+
+def add_partner_issuer(d: dict[str, Any]) -> None:
+    d["issuers"].append(
+        {"issuer": PARTNER, "jwks_file": "keys/partner.json", "algorithms": ["RS256"]}
+    )
+
+
+def bind_every_agent(d: dict[str, Any], issuer: str = ISSUER) -> None:
+    for agent in d["agents"]:
+        agent["issuer"] = issuer
+
+
+def test_example_policy_binds_its_agents_and_feed_to_its_only_issuer() -> None:
+    config = load_config(DEPLOY_CONFIG)
+
+    assert {agent.issuer for agent in config.agents.values()} == {ISSUER}
+    assert config.feed.issuer == ISSUER
+
+
+def test_agent_and_feed_issuer_may_name_the_only_issuer(tmp_path: Path) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        bind_every_agent(d)
+        d["feed"]["issuer"] = ISSUER
+
+    config = load_edited(tmp_path, edit)
+    assert config.agents["support-agent"].issuer == ISSUER
+    assert config.feed.issuer == ISSUER
+
+
+def test_with_several_issuers_agents_and_feed_are_bound_to_the_one_they_name(
+    tmp_path: Path,
+) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        add_partner_issuer(d)
+        bind_every_agent(d)
+        d["agents"][1]["issuer"] = PARTNER
+        d["feed"]["issuer"] = PARTNER
+
+    config = load_edited(tmp_path, edit)
+    assert config.agents["support-agent"].issuer == ISSUER
+    assert config.agents["triage-bot"].issuer == PARTNER
+    assert config.agents["retired-agent"].issuer == ISSUER
+    assert config.feed.issuer == PARTNER
+
+
+def test_agent_issuer_is_required_when_several_issuers_are_configured(tmp_path: Path) -> None:
+    err = error_of(tmp_path, add_partner_issuer)
+    assert err.key == "agents[0].issuer"
+    assert "is required when several issuers are configured" in err.problem
+
+
+def test_one_agent_without_an_issuer_among_several_issuers_is_named(tmp_path: Path) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        add_partner_issuer(d)
+        bind_every_agent(d)
+        del d["agents"][2]["issuer"]
+
+    err = error_of(tmp_path, edit)
+    assert err.key == "agents[2].issuer"
+    assert "is required when several issuers are configured" in err.problem
+
+
+def test_feed_issuer_is_required_when_several_issuers_are_configured(tmp_path: Path) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        add_partner_issuer(d)
+        bind_every_agent(d)
+
+    err = error_of(tmp_path, edit)
+    assert err.key == "feed.issuer"
+    assert "is required when several issuers are configured" in err.problem
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["one_issuer", "two_issuers"])
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda d: d["agents"][1].update(issuer="https://evil.example.test"), "agents[1].issuer"),
+        (lambda d: d["agents"][1].update(issuer=ISSUER + "/"), "agents[1].issuer"),
+        (lambda d: d["feed"].update(issuer="https://evil.example.test"), "feed.issuer"),
+    ],
+    ids=["agent", "agent_trailing_slash", "feed"],
+)
+def test_issuer_that_is_not_configured_is_rejected(
+    tmp_path: Path, edit: Edit, key: str, several: bool
+) -> None:
+    def edit_all(d: dict[str, Any]) -> None:
+        if several:
+            add_partner_issuer(d)
+            bind_every_agent(d)
+            d["feed"]["issuer"] = ISSUER
+        edit(d)
+
+    err = error_of(tmp_path, edit_all)
+    assert err.key == key
+    assert "is not one of the configured issuers" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda d: d["agents"][0].update(issuer=7), "agents[0].issuer"),
+        (lambda d: d["agents"][0].update(issuer=""), "agents[0].issuer"),
+        (lambda d: d["feed"].update(issuer=[ISSUER]), "feed.issuer"),
+    ],
+)
+def test_issuer_that_is_not_a_string_is_rejected(tmp_path: Path, edit: Edit, key: str) -> None:
+    err = error_of(tmp_path, edit)
+    assert err.key == key
+    assert "must be a non-empty string" in err.problem
+
+
+@pytest.mark.parametrize("agent_id", [" triage-bot", "triage-bot ", " triage-bot "])
+def test_agent_id_with_surrounding_spaces_is_rejected(tmp_path: Path, agent_id: str) -> None:
+    err = error_of(tmp_path, lambda d: d["agents"][1].update(id=agent_id))
+    assert err.key == "agents[1].id"
+    assert "surrounding spaces" in err.problem

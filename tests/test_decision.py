@@ -36,6 +36,9 @@ MCP = "mcp.example.test"
 MCP_AUD = "https://mcp.example.test/mcp"
 REPORTS = "reports.example.test:8443"
 REPORTS_AUD = "https://reports.example.test"
+# RFC 9449 / RFC 8705 confirmation values (the SHA-256 thumbprint of a key or certificate).
+DPOP_JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+MTLS_X5T = "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"
 
 CONFIG: dict[str, Any] = {
     "issuers": [
@@ -45,19 +48,29 @@ CONFIG: dict[str, Any] = {
     "tokens": {"typ": "at+jwt", "max_lifetime": "1h", "leeway": "30s", "max_delegation_depth": 2},
     "agents": [
         # Acts for users only.
-        {"id": "helpdesk-bot", "permissions": ["tickets:read", "tickets:comment", "docs:search"]},
+        {
+            "issuer": ISS,
+            "id": "helpdesk-bot",
+            "permissions": ["tickets:read", "tickets:comment", "docs:search"],
+        },
         # Acts alone only.
         {
+            "issuer": ISS,
             "id": "nightly-reporter",
             "permissions": ["reports:write", "tickets:read"],
             "delegated": False,
             "autonomous": True,
         },
-        {"id": "retired-bot", "permissions": ["tickets:read"], "disabled": True},
+        {"issuer": ISS, "id": "retired-bot", "permissions": ["tickets:read"], "disabled": True},
         # Wildcards; both delegated and autonomous.
-        {"id": "ops-bot", "permissions": ["tickets:*", "docs:*"], "autonomous": True},
+        {
+            "issuer": ISS,
+            "id": "ops-bot",
+            "permissions": ["tickets:*", "docs:*"],
+            "autonomous": True,
+        },
         # An orchestrator that delegates to sub-agents; no tickets:comment.
-        {"id": "planner", "permissions": ["tickets:read", "docs:search"]},
+        {"issuer": ISS, "id": "planner", "permissions": ["tickets:read", "docs:search"]},
     ],
     "resources": [
         {
@@ -98,7 +111,12 @@ CONFIG: dict[str, Any] = {
             "routes": [{"method": "POST", "path": "/reports", "permission": "reports:write"}],
         },
     ],
-    "feed": {"source": "feed/users.json", "refresh": "10s", "max_staleness": "2m"},
+    "feed": {
+        "source": "feed/users.json",
+        "issuer": ISS,
+        "refresh": "10s",
+        "max_staleness": "2m",
+    },
 }
 
 SNAPSHOT = FeedSnapshot(
@@ -347,6 +365,14 @@ CASES = [
         Case(A.TOKEN_WRONG_AUDIENCE, token=lambda m: m(audience=MCP_AUD)),
         id="token_for_another_resource",
     ),
+    pytest.param(
+        Case(A.TOKEN_BINDING_UNSUPPORTED, token=lambda m: m(cnf={"jkt": DPOP_JKT})),
+        id="dpop_bound_token_presented_as_a_bearer_token",
+    ),
+    pytest.param(
+        Case(A.TOKEN_BINDING_UNSUPPORTED, token=lambda m: m(cnf={"x5t#S256": MTLS_X5T})),
+        id="mtls_bound_token_presented_as_a_bearer_token",
+    ),
     # --- the agent and the chain ----------------------------------------------------------
     pytest.param(Case(A.AGENT_MISSING, token=lambda m: m(client_id=None)), id="no_agent_named"),
     pytest.param(
@@ -525,6 +551,41 @@ CASES = [
             delegation="intersect",
         ),
         id="intersect_requires_every_actor_enabled",
+    ),
+    pytest.param(
+        Case(
+            A.AGENT_NOT_DELEGATED,
+            token=lambda m: m(act=chain("helpdesk-bot", "nightly-reporter")),
+            delegation="intersect",
+        ),
+        id="intersect_requires_every_actor_of_a_delegated_chain_to_act_for_users",
+    ),
+    pytest.param(
+        Case(
+            A.AGENT_NOT_AUTONOMOUS,
+            token=lambda m: m(sub="ops-bot", act=chain("ops-bot", "helpdesk-bot")),
+            delegation="intersect",
+        ),
+        id="intersect_requires_every_actor_of_an_autonomous_chain_to_act_alone",
+    ),
+    pytest.param(
+        Case(
+            A.ALLOWED,
+            token=lambda m: m(sub="ops-bot", act=chain("ops-bot", "nightly-reporter")),
+            delegation="intersect",
+        ),
+        id="intersect_allows_an_autonomous_chain_of_autonomous_actors",
+    ),
+    pytest.param(
+        Case(A.ALLOWED, token=lambda m: m(act=chain("helpdesk-bot", "nightly-reporter"))),
+        id="prior_actor_not_delegated_is_only_informational_in_current_actor_mode",
+    ),
+    pytest.param(
+        Case(
+            A.ALLOWED,
+            token=lambda m: m(sub="ops-bot", act=chain("ops-bot", "helpdesk-bot")),
+        ),
+        id="prior_actor_not_autonomous_is_only_informational_in_current_actor_mode",
     ),
 ]
 
@@ -1062,3 +1123,114 @@ def test_decide_never_raises_on_signed_tokens_with_odd_claims(
     decision = decide(bearer(make_token(mint)), view(), NOW)
 
     assert decision.reason is expected
+
+
+# --- issuer binding ----------------------------------------------------------------------
+
+PARTNER = "https://partner.example.test"
+
+
+@pytest.fixture(scope="module")
+def partner_mint() -> Mint:
+    """Tokens from a second trusted issuer, with keys of its own."""
+    return Mint(LocalIssuer(PARTNER))
+
+
+@pytest.fixture
+def two_issuers(
+    make_config: Callable[..., Config], key_sets: dict[str, KeySet], partner_mint: Mint
+) -> View:
+    """``two_issuers(feed_issuer, delegation)`` → the table's policy plus the partner issuer
+    and its client ``partner-bot`` (delegated and autonomous, tickets:read)."""
+
+    def build(feed_issuer: str = ISS, delegation: DelegationMode = "current_actor") -> PolicyView:
+        data = json.loads(json.dumps(CONFIG))
+        data["issuers"].append(
+            {"issuer": PARTNER, "algorithms": ["RS256"], "jwks_file": "keys/partner.json"}
+        )
+        data["agents"].append(
+            {
+                "issuer": PARTNER,
+                "id": "partner-bot",
+                "permissions": ["tickets:read"],
+                "autonomous": True,
+            }
+        )
+        data["feed"]["issuer"] = feed_issuer
+        data["tokens"]["delegation"] = delegation
+        keys = parse_jwks(partner_mint.issuer.jwks(), "keys/partner.json")
+        all_keys = {**key_sets, PARTNER: KeySet(PARTNER, keys, "keys/partner.json")}
+        return PolicyView(make_config(data), all_keys, feed_state("fresh", NOW))
+
+    return build
+
+
+def test_each_issuer_authorizes_its_own_agents(
+    two_issuers: View, mint: Mint, partner_mint: Mint
+) -> None:
+    # The controls for the denials below: both issuers' tokens verify and are usable.
+    partner_alone = partner_mint.autonomous("partner-bot", scope="tickets:read")
+    partner_for_alice = partner_mint(client_id="partner-bot")
+
+    assert decide(bearer(mint()), two_issuers(), NOW).reason is Reason.ALLOWED
+    assert decide(bearer(partner_alone), two_issuers(), NOW).reason is Reason.ALLOWED
+    assert decide(bearer(partner_for_alice), two_issuers(PARTNER), NOW).reason is Reason.ALLOWED
+
+
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        pytest.param(lambda m, p: p(), id="partner_token_naming_a_delegated_agent"),
+        pytest.param(
+            lambda m, p: p.autonomous("ops-bot", scope="tickets:read"),
+            id="partner_token_naming_an_autonomous_agent",
+        ),
+        pytest.param(
+            lambda m, p: m.autonomous("partner-bot", scope="tickets:read"),
+            id="own_token_naming_the_partner_agent",
+        ),
+    ],
+)
+def test_token_from_another_issuer_than_the_agents_is_agent_unknown(
+    two_issuers: View,
+    mint: Mint,
+    partner_mint: Mint,
+    make_token: Callable[[Mint, Mint], str],
+) -> None:
+    decision = decide(bearer(make_token(mint, partner_mint)), two_issuers(), NOW)
+
+    assert decision.reason is Reason.AGENT_UNKNOWN
+
+
+def test_intersect_prior_actor_registered_with_another_issuer_is_agent_unknown(
+    two_issuers: View, partner_mint: Mint
+) -> None:
+    token = partner_mint(sub="partner-bot", act=chain("partner-bot", "ops-bot"))
+
+    assert decide(bearer(token), two_issuers(), NOW).reason is Reason.ALLOWED
+    assert (
+        decide(bearer(token), two_issuers(delegation="intersect"), NOW).reason
+        is Reason.AGENT_UNKNOWN
+    )
+
+
+@pytest.mark.parametrize(
+    ("feed_issuer", "make_token"),
+    [
+        pytest.param(ISS, lambda m, p: p(client_id="partner-bot"), id="partner_user"),
+        pytest.param(PARTNER, lambda m, p: m(), id="own_user_when_the_feed_is_the_partners"),
+    ],
+)
+def test_delegated_token_from_another_issuer_than_the_feeds_is_user_unknown(
+    two_issuers: View,
+    mint: Mint,
+    partner_mint: Mint,
+    feed_issuer: str,
+    make_token: Callable[[Mint, Mint], str],
+) -> None:
+    # "alice" is in the feed, but the feed lists only the users of feed.issuer.
+    decision = decide(bearer(make_token(mint, partner_mint)), two_issuers(feed_issuer), NOW)
+
+    assert decision.reason is Reason.USER_UNKNOWN
+    assert decision.identity is not None
+    assert decision.identity.user == "alice"

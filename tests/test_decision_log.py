@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from extauthz.decision_log import FIELDS, DecisionLog, decision_record
 from extauthz.errors import Reason
@@ -239,3 +242,59 @@ def test_decision_log_line_survives_non_ascii_and_newlines_in_values() -> None:
     text = stream.getvalue()
     assert text.count("\n") == 1
     assert json.loads(text)["path"] == "/tickets/é\n1"
+
+
+# --- client-chosen text is bounded -------------------------------------------------------
+
+
+def request_with(field: str, value: str) -> RequestAttributes:
+    return replace(REQUEST, **{field: value})
+
+
+@pytest.mark.parametrize("field", ["host", "path", "request_id"])
+@pytest.mark.parametrize("length", [1025, 60_000])
+def test_client_chosen_field_over_1024_chars_is_cut_to_1024_plus_an_ellipsis(
+    field: str, length: int
+) -> None:
+    value = ("/abcdefg" * length)[:length]
+
+    line = record(request=request_with(field, value))
+
+    assert line[field] == value[:1024] + "\u2026"
+
+
+@pytest.mark.parametrize("field", ["host", "path", "request_id"])
+@pytest.mark.parametrize("length", [0, 1, 1023, 1024])
+def test_client_chosen_field_of_at_most_1024_chars_is_kept_whole(field: str, length: int) -> None:
+    value = "y" * length
+
+    assert record(request=request_with(field, value))[field] == value
+
+
+def test_decision_line_stays_short_for_a_huge_path_host_and_request_id() -> None:
+    stream = io.StringIO()
+    request = RequestAttributes(
+        "GET", "h" * 60_000, "/" + "p" * 60_000, {}, request_id="r" * 60_000
+    )
+    DecisionLog(stream).write(record(request=request))
+    assert len(stream.getvalue()) < 8 * 1024
+
+
+def test_mcp_method_and_http_method_are_cut_like_other_client_text() -> None:
+    decision = Decision(Reason.ALLOWED, mcp_method="m" * 5000)
+    request = RequestAttributes(method="M" * 5000, host="h", path="/", headers={})
+    line = decision_record(
+        now=0.0,
+        decision_id="d",
+        decision=decision,
+        request=request,
+        mode="enforce",
+        status=200,
+        would_status=None,
+        feed_version=None,
+        feed_age_s=None,
+        policy_version="p",
+        latency_us=1,
+    )
+    assert line["mcp_method"] == "m" * 1024 + "…"
+    assert line["method"] == "M" * 1024 + "…"

@@ -16,6 +16,7 @@ from extauthz.envoy import (
     HEADER_DECISION_ID,
     HEADER_PERMISSION,
     HEADER_USER,
+    METHOD_OVERRIDE_HEADERS,
     answer_for,
     check_response,
     request_from_check,
@@ -176,7 +177,7 @@ def test_allow_is_ok_with_identity_headers_that_overwrite_client_ones() -> None:
         HEADER_PERMISSION: "tickets:read",
     }
     assert all(h.append_action == OVERWRITE for h in ok.headers)
-    assert list(ok.headers_to_remove) == ["authorization"]
+    assert sorted(ok.headers_to_remove) == sorted(["authorization", *METHOD_OVERRIDE_HEADERS])
 
 
 def test_allow_for_an_autonomous_agent_removes_the_user_header() -> None:
@@ -184,14 +185,18 @@ def test_allow_for_an_autonomous_agent_removes_the_user_header() -> None:
     ok = check_response(decision, DECISION_ID, DEFAULT_RESPONSE, enforce=True).ok_response
     assert HEADER_USER not in header_values(ok.headers)
     assert header_values(ok.headers)[HEADER_AGENT] == "triage-bot"
-    assert sorted(ok.headers_to_remove) == ["authorization", HEADER_USER]
+    assert sorted(ok.headers_to_remove) == sorted(
+        ["authorization", HEADER_USER, *METHOD_OVERRIDE_HEADERS]
+    )
 
 
 def test_allow_without_a_permission_removes_the_permission_header() -> None:
     decision = Decision(Reason.ALLOWED, identity=DELEGATED, mcp_method="tools/list")
     ok = check_response(decision, DECISION_ID, DEFAULT_RESPONSE, enforce=True).ok_response
     assert HEADER_PERMISSION not in header_values(ok.headers)
-    assert sorted(ok.headers_to_remove) == ["authorization", HEADER_PERMISSION]
+    assert sorted(ok.headers_to_remove) == sorted(
+        ["authorization", HEADER_PERMISSION, *METHOD_OVERRIDE_HEADERS]
+    )
 
 
 def test_authorization_is_forwarded_when_configured() -> None:
@@ -199,7 +204,7 @@ def test_authorization_is_forwarded_when_configured() -> None:
     response = check_response(
         decision, DECISION_ID, ResponseConfig(forward_authorization=True), enforce=True
     )
-    assert list(response.ok_response.headers_to_remove) == []
+    assert sorted(response.ok_response.headers_to_remove) == sorted(METHOD_OVERRIDE_HEADERS)
 
 
 def test_dynamic_metadata_carries_decision_id_reason_and_allowed() -> None:
@@ -378,7 +383,7 @@ def test_dry_run_turns_a_deny_into_an_ok_without_identity() -> None:
     ok = response.ok_response
     assert header_values(ok.headers) == {HEADER_DECISION_ID: DECISION_ID}
     assert sorted(ok.headers_to_remove) == sorted(
-        [HEADER_AGENT, HEADER_USER, HEADER_PERMISSION, "authorization"]
+        [HEADER_AGENT, HEADER_USER, HEADER_PERMISSION, "authorization", *METHOD_OVERRIDE_HEADERS]
     )
     assert dict(response.dynamic_metadata) == {
         "decision_id": DECISION_ID,

@@ -136,6 +136,53 @@ def test_invalid_entry_is_rejected_even_after_a_valid_one_with_other_permissions
     assert "users.bob.permissions[1]" in feed_error(document)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"version": "1", "users": {"bob": {"permissions": ["tickets:read"], "disabled": true},'
+        b' "bob": {"permissions": ["tickets:read"]}}}',
+        b'{"version": "1", "users": {"bob": {"permissions": [], "disabled": true,'
+        b' "disabled": false}}}',
+        b'{"version": "1", "users": {"bob": {"permissions": [], "permissions": ["*"]}}}',
+        b'{"version": "1", "version": "2", "users": {}}',
+    ],
+    ids=[
+        "user-twice-re-enabled",
+        "disabled-twice-in-an-entry",
+        "permissions-twice-in-an-entry",
+        "version-twice",
+    ],
+)
+def test_feed_with_a_repeated_member_name_is_rejected(raw: bytes) -> None:
+    # A lenient reader keeps the last one: a second "bob" would re-enable a disabled bob.
+    assert "feed.json: not valid JSON: duplicate member name" in feed_error(raw)
+
+
+def test_user_ids_that_differ_only_in_case_are_different_users() -> None:
+    document = {
+        "version": "1",
+        "users": {
+            "Alice": {"permissions": ["tickets:read"], "disabled": True},
+            "alice": {"permissions": ["tickets:write"]},
+        },
+    }
+    snapshot = parse_feed(feed_bytes(document), "f")
+    assert snapshot.users["Alice"] == UserEntry(GrantSet(["tickets:read"]), disabled=True)
+    assert snapshot.users["alice"] == UserEntry(GrantSet(["tickets:write"]), disabled=False)
+
+
+@pytest.mark.parametrize("user_id", [" alice", "alice ", " alice "])
+def test_user_id_with_surrounding_spaces_is_rejected(user_id: str) -> None:
+    # An upstream that trims the header value would read " alice" as "alice".
+    message = feed_error({"version": "1", "users": {user_id: {"permissions": []}}})
+    assert f"feed.json: users: {user_id!r}: ids must be non-empty and printable" in message
+
+
+def test_feed_with_a_utf8_byte_order_mark_is_rejected() -> None:
+    raw = b"\xef\xbb\xbf" + feed_bytes({"version": "1", "users": {}})
+    assert "feed.json: not valid JSON" in feed_error(raw)
+
+
 # --- the cache and its age ---------------------------------------------------------------
 
 SNAPSHOT = FeedSnapshot("7", {"alice": UserEntry(GrantSet(["tickets:read"]))})

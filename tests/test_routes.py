@@ -400,3 +400,142 @@ def test_near_spelling_of_a_guarded_method_is_invalid(resource: Resource, method
     with pytest.raises(RequestInvalid) as info:
         match_route(resource, req("/mcp", "POST", rpc(method, {"name": "create_ticket"})))
     assert info.value.reason is Reason.MCP_REQUEST_INVALID
+
+
+def test_mcp_method_with_invisible_characters_near_a_guarded_method_is_invalid() -> None:
+    body = rpc("resources/read\u200b", {"uri": "d://1"})
+    with pytest.raises(RequestInvalid) as info:
+        match_route(GUARDED, req("/mcp", "POST", body))
+    assert info.value.reason is Reason.MCP_REQUEST_INVALID
+
+
+# --- path parameters (";") ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tickets/..;",
+        "/tickets/..;x",
+        "/tickets/%2e%2e;",
+        "/tickets/%2E%2E;a=b",
+        "/tickets/.%2e;jsessionid=1",
+        "/tickets/.;",
+        "/..;/tickets/1",
+    ],
+)
+def test_dot_segment_with_path_parameters_is_an_unsafe_path(path: str) -> None:
+    # Tomcat and Jetty drop ";params" before resolving dot segments: "..;x" is ".." there.
+    with pytest.raises(AccessForbidden) as info:
+        match_route(TICKETS, req(path))
+    assert info.value.reason is Reason.ROUTE_UNKNOWN
+    assert "unsafe path" in info.value.detail
+
+
+@pytest.mark.parametrize("path", ["/tickets/a;b", "/tickets/1;jsessionid=x", "/tickets/v1.2;x"])
+def test_semicolon_inside_an_ordinary_segment_still_matches_a_parameter(path: str) -> None:
+    assert match_route(TICKETS, req(path)).permission == "tickets:read"
+
+
+# --- MCP method names and member names a lenient parser reads differently ----------------
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["tools/call\u0000", "tools/call\u200b", "\u200btools/call", "tools/list\u00e9"],
+    ids=["nul", "zero-width-space", "leading-zero-width-space", "non-ascii"],
+)
+def test_mcp_method_name_that_is_not_printable_ascii_is_invalid(method: str) -> None:
+    with pytest.raises(RequestInvalid) as info:
+        match_route(TICKETS, req("/mcp", "POST", rpc(method, {"name": "create_ticket"})))
+    assert info.value.reason is Reason.MCP_REQUEST_INVALID
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"get_ticket","Name":"create_ticket"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"get_ticket","NAME":"create_ticket"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"get_ticket","name\\u0000":"create_ticket"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"get_ticket","name\\u200b":"create_ticket"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"get_ticket","\\uff4e\\uff41\\uff4d\\uff45":"create_ticket"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_ticket"},'
+        b'"param\\u017f":{"name":"create_ticket"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/list","Method":"tools/call",'
+        b'"params":{"name":"create_ticket"}}',
+    ],
+    ids=[
+        "tool-name-and-capitalised",
+        "tool-name-and-upper-case",
+        "tool-name-and-nul-escape",
+        "tool-name-and-zero-width-space",
+        "tool-name-and-fullwidth",
+        "params-and-long-s",
+        "method-and-capitalised",
+    ],
+)
+def test_mcp_body_with_member_names_equal_under_case_folding_is_invalid(body: bytes) -> None:
+    # Go's encoding/json, for one, matches member names case-insensitively (long s folds to s),
+    # and some parsers drop control characters: the upstream could read the other member.
+    with pytest.raises(RequestInvalid) as info:
+        match_route(TICKETS, req("/mcp", "POST", body))
+    assert info.value.reason is Reason.MCP_REQUEST_INVALID
+
+
+# --- MCP body encoding -------------------------------------------------------------------
+
+TOOLS_CALL_TEXT = json.dumps(tools_call("get_ticket"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xef\xbb\xbf" + TOOLS_CALL_TEXT.encode("utf-8"),
+        TOOLS_CALL_TEXT.encode("utf-16"),
+        TOOLS_CALL_TEXT.encode("utf-16-le"),
+        TOOLS_CALL_TEXT.encode("utf-16-be"),
+        TOOLS_CALL_TEXT.encode("utf-32"),
+        b'{"jsonrpc":"2.0","id":"\xed\xa0\x80","method":"tools/call",'
+        b'"params":{"name":"get_ticket"}}',
+    ],
+    ids=[
+        "utf-8-with-bom",
+        "utf-16-with-bom",
+        "utf-16-le",
+        "utf-16-be",
+        "utf-32",
+        "utf-8-encoded-surrogate",
+    ],
+)
+def test_mcp_body_that_is_not_strict_utf8_without_bom_is_invalid(body: bytes) -> None:
+    with pytest.raises(RequestInvalid) as info:
+        match_route(TICKETS, req("/mcp", "POST", body))
+    assert info.value.reason is Reason.MCP_REQUEST_INVALID
+
+
+def test_tool_arguments_may_hold_names_that_differ_only_in_case() -> None:
+    # extauthz authorizes from the message and its params, not from tool arguments.
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "get_ticket", "arguments": {"id": "1", "ID": "2"}},
+        }
+    ).encode()
+    match = match_route(TICKETS, req("/mcp", "POST", body))
+    assert (match.permission, match.mcp_tool) == ("tickets:read", "get_ticket")
+
+
+def test_exact_repeats_inside_tool_arguments_are_still_invalid() -> None:
+    body = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"get_ticket","arguments":{"id":"1","id":"2"}}}'
+    )
+    with pytest.raises(RequestInvalid):
+        match_route(TICKETS, req("/mcp", "POST", body))

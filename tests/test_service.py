@@ -379,6 +379,42 @@ def test_dry_run_allow_carries_identity_and_would_status_200(
     assert (line["decision"], line["status"], line["would_status"]) == ("allow", 200, 200)
 
 
+# --- method override headers ------------------------------------------------------------
+
+METHOD_OVERRIDES = {"x-http-method-override", "x-http-method", "x-method-override"}
+
+
+def override_request(issuer: LocalIssuer, method: str, path: str) -> external_auth_pb2.CheckRequest:
+    # What a client would send to have a GET, checked as tickets:read, served as a DELETE.
+    headers = {**bearer(delegated_token(issuer)), **dict.fromkeys(METHOD_OVERRIDES, "DELETE")}
+    return check_request(method=method, path=path, headers=headers)
+
+
+def test_allow_removes_method_override_headers(harness: Harness, issuer: LocalIssuer) -> None:
+    response = harness.check(override_request(issuer, "GET", "/tickets/7"))
+
+    assert response.status.code == code_pb2.OK
+    assert header_values(response.ok_response.headers)[HEADER_PERMISSION] == "tickets:read"
+    assert set(response.ok_response.headers_to_remove) >= METHOD_OVERRIDES
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "decision"),
+    [("GET", "/tickets/7", "allow"), ("POST", "/tickets", "deny")],
+    ids=["allow", "would-be-deny"],
+)
+def test_dry_run_allow_removes_method_override_headers(
+    dry_run_config: Config, issuer: LocalIssuer, method: str, path: str, decision: str
+) -> None:
+    harness = Harness(dry_run_config)
+
+    response = harness.check(override_request(issuer, method, path))
+
+    assert response.status.code == code_pb2.OK
+    assert set(response.ok_response.headers_to_remove) >= METHOD_OVERRIDES
+    assert [line["decision"] for line in harness.lines()] == [decision]
+
+
 # --- metrics and readiness -------------------------------------------------------------
 
 

@@ -162,7 +162,7 @@ def config_data(**tokens: Any) -> dict[str, Any]:
         "tokens": tokens,
         "agents": [],
         "resources": [],
-        "feed": {"source": "users.json"},
+        "feed": {"source": "users.json", "issuer": ISS},
     }
 
 
@@ -541,8 +541,10 @@ def _drop_signature(token: str) -> str:
 
 
 def _truncate_signature(token: str) -> str:
+    # Whole bytes off the end: a wrong signature, still canonically encoded.
     head, body, sig = token.split(".")
-    return f"{head}.{body}.{sig[:-8]}"
+    raw = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    return f"{head}.{body}.{b64url(raw[:-6])}"
 
 
 def _tamper_sub(token: str) -> str:
@@ -1122,3 +1124,66 @@ def test_a_bearer_header_without_a_token_is_malformed(authorization: str) -> Non
         bearer_token(authorization)
 
     assert caught.value.reason is Reason.TOKEN_MALFORMED
+
+
+# --- encodings, binding, look-alike names ------------------------------------------------
+
+
+def test_denies_a_signature_with_non_canonical_trailing_bits_as_malformed(
+    verifier: Verifier, mint: Mint
+) -> None:
+    # RS256 signatures are 256 bytes: 342 characters whose last one carries 2 unused bits.
+    # Setting them gives a second spelling of the same bytes, which must not be accepted.
+    head, body, sig = mint("rsa-1").split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(sig[-1])
+    respelt = f"{head}.{body}.{sig[:-1]}{alphabet[last | 1]}"
+    assert respelt != f"{head}.{body}.{sig}"
+    assert base64.urlsafe_b64decode(respelt.split(".")[2] + "==") == base64.urlsafe_b64decode(
+        sig + "=="
+    )
+
+    assert verifier.reason(respelt) is Reason.TOKEN_MALFORMED
+
+
+def test_denies_a_key_bound_token_presented_as_bearer(verifier: Verifier, mint: Mint) -> None:
+    for cnf in ({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}, {"x5t#S256": "abc"}):
+        assert verifier.reason(mint("rsa-1", cnf=cnf)) is Reason.TOKEN_BINDING_UNSUPPORTED
+
+
+def test_key_bound_token_is_checked_after_expiry(verifier: Verifier, mint: Mint) -> None:
+    token = mint("rsa-1", cnf={"jkt": "x"}, iat=NOW - 600, exp=NOW - 300)
+    assert verifier.reason(token) is Reason.TOKEN_EXPIRED
+
+
+@pytest.mark.parametrize(
+    "extra",
+    # JSON escapes in the raw payload text: a NUL suffix and a long s (U+017F), which
+    # case-folds to "s".
+    [{"Sub": "admin"}, {"sub\\u0000": "admin"}, {"\\u017fub": "admin"}],
+    ids=["case", "nul-suffix", "long-s"],
+)
+def test_denies_signed_claims_whose_names_collide_for_a_lenient_parser(
+    verifier: Verifier, signing_keys: dict[str, Any], extra: dict[str, str]
+) -> None:
+    name, value = next(iter(extra.items()))
+    body = json.dumps(payload(), separators=(",", ":"))[:-1] + f',"{name}":"{value}"}}'
+    token = forge(header(), body, signing_keys["rsa-1"])
+    assert verifier.reason(token) is Reason.TOKEN_MALFORMED
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: b"\xef\xbb\xbf" + text.encode(),
+        lambda text: text.encode("utf-16"),
+        lambda text: text.encode("utf-32"),
+    ],
+    ids=["utf-8-bom", "utf-16", "utf-32"],
+)
+def test_denies_json_that_is_not_plain_utf8(
+    verifier: Verifier, signing_keys: dict[str, Any], encode: Callable[[str], bytes]
+) -> None:
+    body = encode(json.dumps(payload()))
+    token = forge(header(), body, signing_keys["rsa-1"])
+    assert verifier.reason(token) is Reason.TOKEN_MALFORMED

@@ -9,12 +9,12 @@ Format (JSON)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from extauthz.errors import FeedError
 from extauthz.permissions import GrantSet, permission_problem
+from extauthz.strict_json import loads_strict
 
 _USER_KEYS = frozenset({"permissions", "disabled"})
 
@@ -34,7 +34,9 @@ class FeedSnapshot:
 def parse_feed(raw: bytes, source: str) -> FeedSnapshot:
     """Parse and validate a feed document. Raises FeedError saying where and what is wrong."""
     try:
-        document = json.loads(raw)
+        # Exact duplicates are refused (a second "bob" entry must not re-enable a disabled
+        # bob); case is not folded, because "Alice" and "alice" may be different users.
+        document = loads_strict(raw, fold_names=False)
     except (ValueError, RecursionError) as err:
         raise FeedError(f"{source}: not valid JSON: {err}") from err
     if not isinstance(document, dict):
@@ -63,8 +65,9 @@ def _user_entry(
     user_id: str, entry: object, source: str, interned: dict[frozenset[str], GrantSet]
 ) -> UserEntry:
     where = f"{source}: users.{user_id}"
-    if not user_id or not user_id.isprintable():
-        # User ids end up in headers and logs: no control characters.
+    if not user_id or not user_id.isprintable() or user_id != user_id.strip():
+        # User ids end up in headers and logs: no control characters, no edge spaces
+        # (an upstream would read " alice" as "alice").
         raise FeedError(f"{source}: users: {user_id!r}: ids must be non-empty and printable")
     if not isinstance(entry, dict):
         raise FeedError(f"{where}: must be an object")

@@ -12,8 +12,9 @@ are attacker input: they select among configured keys and algorithms, never add 
 from __future__ import annotations
 
 import binascii
+import json
 import math
-from base64 import urlsafe_b64decode
+from base64 import urlsafe_b64decode, urlsafe_b64encode
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +23,12 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 
 from extauthz.config import SUPPORTED_ALGORITHMS, IssuerConfig, TokenPolicy
 from extauthz.errors import Reason, ServiceUnavailable, TokenRejected
-from extauthz.strict_json import loads_strict
+from extauthz.strict_json import decode_utf8, loads_strict
 from extauthz.tokens.keys import KeySet
 
 # Real access tokens are a few kB; anything far bigger is garbage or an attack on parsing.
 MAX_TOKEN_LENGTH = 16 * 1024
-_B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _ALGORITHMS: dict[str, Algorithm] = {
     name: alg for name, alg in get_default_algorithms().items() if name in SUPPORTED_ALGORITHMS
 }
@@ -75,8 +76,12 @@ def verify_signature(
     parts = token.split(".")
     if len(parts) != 3:
         raise TokenRejected(Reason.TOKEN_MALFORMED, "not three dot-separated parts")
-    header = _json_object(_b64decode(parts[0], "header"), "header")
-    claims = _json_object(_b64decode(parts[1], "payload"), "payload")
+    header_raw = _b64decode(parts[0], "header")
+    claims_raw = _b64decode(parts[1], "payload")
+    # Until the signature verifies, anyone can send this: parse at C speed only. The
+    # strict parse (a Python hook per object) runs on signed content alone, below.
+    header = _json_object(header_raw, "header", strict=False)
+    claims = _json_object(claims_raw, "payload", strict=False)
     signature = _b64decode(parts[2], "signature")
     if "crit" in header:
         # We understand no JWS extensions, so any critical one must fail (RFC 7515 §4.1.11).
@@ -110,6 +115,8 @@ def verify_signature(
     signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
     if not signature or not _verify(_ALGORITHMS[alg], signing_input, key.key, signature):
         raise TokenRejected(Reason.TOKEN_INVALID_SIGNATURE, "signature does not verify")
+    _json_object(header_raw, "header", strict=True)
+    _json_object(claims_raw, "payload", strict=True)
     return SignedToken(header, claims, issuer_config.issuer)
 
 
@@ -138,6 +145,10 @@ def validate_claims(
         raise TokenRejected(Reason.TOKEN_LIFETIME_TOO_LONG, "exp - iat exceeds max_lifetime")
     if audience is not None and not _has_audience(claims.get("aud"), audience):
         raise TokenRejected(Reason.TOKEN_WRONG_AUDIENCE, "token is not for this resource")
+    if "cnf" in claims:
+        # A sender-constrained token (DPoP, RFC 9449; mTLS, RFC 8705) presented as a plain
+        # bearer token is exactly what a thief would send: refuse it until we verify proofs.
+        raise TokenRejected(Reason.TOKEN_BINDING_UNSUPPORTED, "token is bound to a key (cnf)")
 
 
 def _verify(algorithm: Algorithm, message: bytes, key: Any, signature: bytes) -> bool:
@@ -150,17 +161,22 @@ def _verify(algorithm: Algorithm, message: bytes, key: Any, signature: bytes) ->
 def _b64decode(part: str, what: str) -> bytes:
     raw = part.encode("ascii", "replace")
     # base64url without padding only (RFC 7515 §2); Python's decoder alone is too lenient.
-    if not _B64URL.issuperset(raw) or len(raw) % 4 == 1:
+    # translate() deletes every alphabet byte at C speed; anything left is not base64url.
+    if raw.translate(None, _B64URL) or len(raw) % 4 == 1:
         raise TokenRejected(Reason.TOKEN_MALFORMED, f"{what} is not base64url")
     try:
-        return urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+        decoded = urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
     except (binascii.Error, ValueError) as err:
         raise TokenRejected(Reason.TOKEN_MALFORMED, f"{what} is not base64url") from err
+    # Only the canonical spelling: unused trailing bits would give one token several forms.
+    if urlsafe_b64encode(decoded).rstrip(b"=") != raw:
+        raise TokenRejected(Reason.TOKEN_MALFORMED, f"{what} is not canonical base64url")
+    return decoded
 
 
-def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+def _json_object(raw: bytes, what: str, *, strict: bool) -> dict[str, Any]:
     try:
-        value = loads_strict(raw)
+        value = loads_strict(raw) if strict else json.loads(decode_utf8(raw))
     except (ValueError, RecursionError) as err:
         raise TokenRejected(Reason.TOKEN_MALFORMED, f"{what} is not valid JSON") from err
     if not isinstance(value, dict):

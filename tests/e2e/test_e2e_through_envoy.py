@@ -460,3 +460,74 @@ def test_hostile_input_gets_a_precise_deny_and_the_service_keeps_serving(
     # ...and the very next ordinary request is served as usual.
     follow_up = stack.request("GET", "/tickets/42", token=alice(stack))
     assert follow_up.status == 200 and follow_up.from_upstream
+
+
+# --------------------------------------------------------------------------- bypass attempts
+
+
+def access_log_entry(stack: Stack, decision_id: str | None) -> dict[str, Any]:
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        entry = next((e for e in stack.access_log() if e["decision_id"] == decision_id), None)
+        if entry is not None:
+            return entry
+        time.sleep(0.05)
+    raise AssertionError(f"no access-log line for decision {decision_id}")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A read-only token names the allowed tool, then a look-alike key the write tool:
+        # Go's encoding/json (case-insensitive, last wins) would run create_ticket.
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"get_ticket","Name":"create_ticket"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"get_ticket","name\\u0000":"create_ticket"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","Method":"tools/call",'
+        b'"params":{"name":"create_ticket"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call\\u0000","params":{"name":"create_ticket"}}',
+        # Not UTF-8: Envoy would once have rewritten it, so extauthz read other bytes.
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_\xffticket"}}',
+    ],
+    ids=["case-variant-key", "nul-suffixed-key", "method-key-variant", "nul-method", "not-utf8"],
+)
+def test_mcp_bodies_that_parsers_read_differently_never_reach_the_upstream(
+    stack: Stack, body: bytes
+) -> None:
+    response = stack.request("POST", "/mcp", token=alice(stack, scope="tickets:read"), body=body)
+
+    assert response.status == 400 and not response.from_upstream
+    assert response.json()["reason"] == "mcp_request_invalid"
+
+
+def test_method_override_headers_never_reach_the_upstream(stack: Stack) -> None:
+    response = stack.request(
+        "GET",
+        "/tickets/42",
+        token=alice(stack, scope="tickets:read"),
+        headers={"X-HTTP-Method-Override": "DELETE", "X-Method-Override": "DELETE"},
+    )
+
+    assert response.status == 200 and response.from_upstream
+    received = {k.lower() for k in response.upstream_headers}
+    assert "x-http-method-override" not in received
+    assert "x-method-override" not in received
+
+
+def test_dot_dot_semicolon_segment_is_not_authorized_as_an_id(stack: Stack) -> None:
+    # Tomcat and Jetty strip ";params" and then resolve "..": never let it match {id}.
+    response = stack.request("GET", "/tickets/%2e%2e;", token=alice(stack))
+
+    assert response.status == 403 and not response.from_upstream
+    assert response.json()["reason"] == "route_unknown"
+
+
+def test_a_token_in_the_query_string_stays_out_of_the_access_log(stack: Stack) -> None:
+    token = alice(stack)
+    response = stack.request("GET", f"/tickets/42?access_token={token}", token=token)
+
+    assert response.status == 200
+    entry = access_log_entry(stack, response.decision_id)
+    assert entry["path"] == "/tickets/42"
+    assert token not in json.dumps(stack.access_log())
