@@ -103,7 +103,7 @@ T = TypeVar("T")
 
 
 class _Section:
-    """Reads one mapping of the YAML, tracking the key path and which keys were used."""
+    """Reads one mapping of the YAML, tracking the key path for error messages."""
 
     def __init__(self, file: str, path: str, data: object) -> None:
         self.file = file
@@ -111,7 +111,6 @@ class _Section:
         if not isinstance(data, dict):
             raise ConfigError(file, path or "(top level)", f"must be a mapping, got {_kind(data)}")
         self.data: dict[str, Any] = data
-        self._seen: set[str] = set()
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -120,7 +119,6 @@ class _Section:
         return ConfigError(self.file, self.key(name), problem)
 
     def raw(self, name: str) -> object:
-        self._seen.add(name)
         return self.data.get(name)
 
     def has(self, name: str) -> bool:
@@ -191,8 +189,10 @@ class _Section:
             raise self.error(name, f"must be a list, got {_kind(value)}")
         return [_Section(self.file, f"{self.key(name)}[{i}]", v) for i, v in enumerate(value)]
 
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self._seen, key=str)
+    def allow(self, *names: str) -> None:
+        """Refuse keys not in ``names``. Called first, so that a misspelt required key is
+        reported as the unknown key it is, not as the required one missing."""
+        unknown = sorted(set(self.data) - set(names), key=str)
         if unknown:
             raise self.error(str(unknown[0]), "unknown key")
 
@@ -235,6 +235,7 @@ def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
     # Resolved once, so a later change of working directory cannot move the files.
     base = file.parent.resolve()
     top = _Section(str(file), "", data)
+    top.allow("server", "mode", "issuers", "tokens", "agents", "resources", "feed", "response")
     server = _server(top.section("server"))
     mode = top.choice("mode", ("enforce", "dry_run"), "enforce")
     issuers = _unique(
@@ -249,7 +250,6 @@ def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
     resources = _resources(top)
     feed = _feed(top.section("feed", required=True), base, issuers)
     response = _response(top.section("response"))
-    top.finish()
     return Config(
         path=file,
         policy_version=policy_version,
@@ -265,11 +265,11 @@ def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
 
 
 def _server(s: _Section) -> ServerConfig:
+    s.allow("grpc_listen", "http_listen", "shutdown_grace")
     default = ServerConfig()
     grpc_listen = _listen(s, "grpc_listen", default.grpc_listen)
     http_listen = _listen(s, "http_listen", default.http_listen)
     grace = s.duration("shutdown_grace", default.shutdown_grace)
-    s.finish()
     if grpc_listen == http_listen and not grpc_listen.endswith(":0"):
         raise s.error("http_listen", "must differ from grpc_listen")
     return ServerConfig(grpc_listen, http_listen, grace)
@@ -284,6 +284,7 @@ def _listen(s: _Section, name: str, default: str) -> str:
 
 
 def _issuer(s: _Section, base: Path) -> IssuerConfig:
+    s.allow("issuer", "jwks_file", "algorithms")
     issuer = s.string("issuer")
     algorithms = s.string_list("algorithms")
     if not algorithms:
@@ -298,11 +299,11 @@ def _issuer(s: _Section, base: Path) -> IssuerConfig:
     if not s.has("jwks_file"):
         raise s.error("jwks_file", "is required (the issuer's signing keys, a JWKS document)")
     jwks_file = base / s.string("jwks_file")
-    s.finish()
     return IssuerConfig(issuer, frozenset(algorithms), jwks_file)
 
 
 def _tokens(s: _Section) -> TokenPolicy:
+    s.allow("typ", "max_lifetime", "leeway", "max_delegation_depth", "delegation")
     default = TokenPolicy()
     typ_value = s.string("typ", "at+jwt")
     depth = s.raw("max_delegation_depth") if s.has("max_delegation_depth") else 2
@@ -317,7 +318,6 @@ def _tokens(s: _Section) -> TokenPolicy:
             "delegation", ("current_actor", "intersect"), default.delegation
         ),
     )
-    s.finish()
     return policy
 
 
@@ -341,6 +341,7 @@ def _issuer_of(s: _Section, issuers: Mapping[str, IssuerConfig], what: str) -> s
 
 
 def _agent(s: _Section, issuers: Mapping[str, IssuerConfig]) -> AgentConfig:
+    s.allow("id", "issuer", "permissions", "delegated", "autonomous", "disabled")
     agent_id = s.string("id")
     if not agent_id.isprintable() or agent_id != agent_id.strip():
         raise s.error("id", "must not contain control characters or surrounding spaces")
@@ -359,7 +360,6 @@ def _agent(s: _Section, issuers: Mapping[str, IssuerConfig]) -> AgentConfig:
         autonomous=s.boolean("autonomous", default.autonomous),
         disabled=s.boolean("disabled", default.disabled),
     )
-    s.finish()
     return agent
 
 
@@ -382,17 +382,18 @@ def _resources(top: _Section) -> tuple[Resource, ...]:
 
 
 def _resource(s: _Section) -> Resource:
+    s.allow("name", "hosts", "audience", "routes")
     name = s.string("name")
     hosts = s.string_list("hosts")
     if not hosts:
         raise s.error("hosts", "must list at least one host")
     audience = s.string("audience")
     routes = tuple(_route(r) for r in s.items("routes"))
-    s.finish()
     return Resource(name=name, hosts=tuple(hosts), audience=audience, routes=routes)
 
 
 def _route(s: _Section) -> Route:
+    s.allow("method", "path", "permission", "mcp_tools", "mcp_methods")
     method = s.string("method").upper()
     if method not in HTTP_METHODS:
         raise s.error("method", f"must be one of {', '.join(sorted(HTTP_METHODS))}")
@@ -410,13 +411,11 @@ def _route(s: _Section) -> Route:
             raise s.error("permission", problem)
         if s.has("mcp_methods"):
             raise s.error("mcp_methods", "only an MCP route (one with mcp_tools) may have it")
-        s.finish()
         return Route(method, path, permission=permission)
     mapping = _permission_map(s.section("mcp_tools"), "tool")
     methods = _permission_map(s.section("mcp_methods"), "method")
     if "tools/call" in methods:
         raise s.error("mcp_methods.tools/call", "tools/call is authorized per tool: mcp_tools")
-    s.finish()
     return Route(method, path, mcp_tools=mapping, mcp_methods=methods)
 
 
@@ -431,11 +430,11 @@ def _permission_map(s: _Section, what: str) -> dict[str, str]:
         if problem:
             raise s.error(name, problem)
         mapping[name] = permission
-    s.finish()
     return mapping
 
 
 def _feed(s: _Section, base: Path, issuers: Mapping[str, IssuerConfig]) -> FeedConfig:
+    s.allow("source", "issuer", "refresh", "max_staleness")
     default = FeedConfig(Path(), "")
     source = s.string("source")
     if "://" in source:
@@ -446,13 +445,13 @@ def _feed(s: _Section, base: Path, issuers: Mapping[str, IssuerConfig]) -> FeedC
         refresh=s.duration("refresh", default.refresh),
         max_staleness=s.duration("max_staleness", default.max_staleness),
     )
-    s.finish()
     if feed.max_staleness <= feed.refresh:
         raise s.error("max_staleness", "must be longer than refresh, or every feed goes stale")
     return feed
 
 
 def _response(s: _Section) -> ResponseConfig:
+    s.allow("forward_authorization", "realm")
     default = ResponseConfig()
     realm = s.string("realm", default.realm)
     if '"' in realm or "\\" in realm:
@@ -461,7 +460,6 @@ def _response(s: _Section) -> ResponseConfig:
         forward_authorization=s.boolean("forward_authorization", default.forward_authorization),
         realm=realm,
     )
-    s.finish()
     return response
 
 

@@ -169,6 +169,37 @@ def test_unknown_key_is_named_with_its_full_path(tmp_path: Path, edit: Edit, key
     assert err.problem == "unknown key"
 
 
+def _rename(mapping: dict[str, Any], old: str, new: str) -> None:
+    mapping[new] = mapping.pop(old)
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda d: _rename(d, "feed", "feeds"), "feeds"),
+        (lambda d: _rename(d["issuers"][0], "jwks_file", "jwks_fil"), "issuers[0].jwks_fil"),
+        (
+            lambda d: _rename(d["resources"][0], "audience", "audiance"),
+            "resources[0].audiance",
+        ),
+        (
+            lambda d: _rename(route(d, 0), "permission", "permision"),
+            "resources[0].routes[0].permision",
+        ),
+        (
+            lambda d: _rename(route(d, 3), "mcp_tools", "mcp_tool"),
+            "resources[0].routes[3].mcp_tool",
+        ),
+    ],
+    ids=["feed", "jwks_file", "audience", "permission", "mcp_tools"],
+)
+def test_misspelt_required_key_is_named_as_unknown_not_as_missing(
+    tmp_path: Path, edit: Edit, key: str
+) -> None:
+    err = error_of(tmp_path, edit)
+    assert (err.key, err.problem) == (key, "unknown key")
+
+
 def test_unknown_keys_are_reported_even_when_they_are_not_strings(tmp_path: Path) -> None:
     # YAML turns `1:` and `on:` into an int and a boolean; a misspelt key of any type
     # must be reported as a ConfigError, never crash the loader.
