@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from extauthz import __version__
-from extauthz.errors import ConfigError
+from extauthz.errors import ConfigError, FeedError
 
 EXIT_CONFIG_ERROR = 2
 
@@ -33,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_config(path: str) -> int:
     # Imported here so that --version and argument errors stay fast.
     from extauthz.config import load_config
+    from extauthz.feed.cache import FeedCache
+    from extauthz.feed.file_source import FileFeedSource
     from extauthz.server import load_key_sets
 
     try:
@@ -42,6 +44,12 @@ def _check_config(path: str) -> int:
         print(f"extauthz: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     keys = sum(len(k.keys) for k in key_sets.values())
+    # The feed is data, not config, and may be delivered after the config: a problem with
+    # it is a warning here (serve would start not-ready), not a config error.
+    try:
+        FileFeedSource(config.feed.source).refresh(FeedCache(), 0.0)
+    except FeedError as err:
+        print(f"extauthz: warning: {path}: feed.source: {err}", file=sys.stderr)
     print(
         f"{path}: ok (policy_version {config.policy_version}, mode {config.mode}, "
         f"{len(config.issuers)} issuer(s), {keys} key(s), {len(config.agents)} agent(s), "

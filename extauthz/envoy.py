@@ -64,7 +64,7 @@ def request_from_check(check: external_auth_pb2.CheckRequest) -> RequestAttribut
         body_truncated=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true",
         # http.id is Envoy's internal stream id; x-request-id is what access logs and the
         # upstream see, so that is what joins a decision line to the rest.
-        request_id=headers.get("x-request-id") or http.id,
+        request_id=headers.get("x-request-id", ""),
         source=socket.address,
     )
 

@@ -245,3 +245,17 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         main(argv)
     assert info.value.code == 2
     assert "usage: extauthz" in capsys.readouterr().err
+
+
+def test_check_config_warns_about_an_unreadable_feed_but_passes(
+    tmp_path: Path, issuer: LocalIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The feed is data that may arrive after the config: a warning, not a config error.
+    config = make_deployment(tmp_path / "extauthz", issuer)
+    (config.parent / "feed" / "users.json").write_text("{not json")
+
+    assert main(["check-config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert "ok (policy_version" in captured.out
+    assert "warning:" in captured.err
+    assert "feed.source" in captured.err

@@ -113,8 +113,10 @@ def test_request_attributes_are_taken_from_the_check_request() -> None:
     assert request.source == "10.1.2.3"
 
 
-def test_request_id_falls_back_to_envoys_stream_id() -> None:
-    assert request_from_check(check_request(request_id="stream-7")).request_id == "stream-7"
+def test_request_id_never_falls_back_to_envoys_stream_id() -> None:
+    # http.id is Envoy's internal stream id, which no access log or upstream shows: a
+    # decision line carrying it could not be joined to anything.
+    assert request_from_check(check_request(request_id="stream-7")).request_id == ""
     assert request_from_check(check_request()).request_id == ""
 
 
