@@ -11,6 +11,7 @@ and stops everything. Exits 1 if any request did not get the answer the script e
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import time
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from extauthz.demo.stack import RESOURCE_HOST, Response, Stack, StackError
+from extauthz.demo.stack import AUDIENCE, RESOURCE_HOST, Response, Stack, StackError
 
 READ_WRITE = "tickets:read tickets:write"
 NEW_TICKET = b'{"title": "printer on fire"}'
@@ -95,7 +96,64 @@ def script(stack: Stack) -> list[Step]:
              alice, 403, "mcp_tool_unknown", _mcp("tools/call", {"name": "delete_ticket"})),
         Step("support-agent for alice sends an MCP body that is not JSON", "POST", "/mcp",
              alice, 400, "mcp_request_invalid", b"{not json"),
+        Step("alice's token with its payload edited (sub: admin)", "GET", "/tickets/42",
+             _tampered(alice), 401, "token_invalid_signature"),
+        Step("a token signed with a key the IdP never published", "GET", "/tickets/42",
+             stack.issuer.token(sub="alice", audience=AUDIENCE, client_id="support-agent",
+                                scope=READ_WRITE, header={"kid": "stolen-1"}),
+             401, "key_unknown"),
+        Step("triage-bot (autonomous only) acting for alice", "GET", "/tickets/42",
+             stack.delegated_token(agent="triage-bot", user="alice", scope=READ_WRITE),
+             403, "agent_not_delegated"),
+        Step("support-agent (delegated only) acting on its own", "GET", "/tickets/42",
+             stack.autonomous_token(agent="support-agent", scope=READ_WRITE),
+             403, "agent_not_autonomous"),
+        Step("support-agent for carol, who is not in the feed", "GET", "/tickets/42",
+             stack.delegated_token(agent="support-agent", user="carol", scope=READ_WRITE),
+             403, "user_unknown"),
+        Step("a chain of three agents (max_delegation_depth is 2)", "GET", "/tickets/42",
+             stack.issuer.token(sub="alice", audience=AUDIENCE, scope=READ_WRITE,
+                                act={"sub": "support-agent",
+                                     "act": {"sub": "planner", "act": {"sub": "router"}}}),
+             401, "delegation_too_deep"),
     ]  # fmt: skip
+
+
+def _tampered(token: str) -> str:
+    """The same token with ``sub`` changed and the original signature kept."""
+    head, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    edited = json.dumps({**claims, "sub": "admin"}).encode()
+    return f"{head}.{base64.urlsafe_b64encode(edited).rstrip(b'=').decode()}.{signature}"
+
+
+def outages(keep: bool) -> list[Result]:
+    """A second stack whose feed goes stale within a second, then loses extauthz."""
+    stack = Stack(
+        overrides={"feed.refresh": "200ms", "feed.max_staleness": "1s"}, keep_workdir=keep
+    ).start()
+    try:
+        alice = stack.delegated_token(agent="support-agent", user="alice", scope=READ_WRITE)
+        bot = stack.autonomous_token(agent="triage-bot", scope="tickets:read")
+        # The feed's producer breaks: extauthz keeps the last good feed until it is stale.
+        stack.feed_path.write_text("{ this is not a feed")
+        deadline = time.monotonic() + 10
+        while stack.metric("extauthz_feed_age_seconds") <= 1.0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        results = [
+            run_step(stack, Step("stale feed: support-agent for alice reads a ticket",
+                                 "GET", "/tickets/42", alice, 503, "feed_stale")),
+            run_step(stack, Step("stale feed: triage-bot needs no user, still served",
+                                 "GET", "/tickets/7", bot, 200, "allowed")),
+        ]  # fmt: skip
+        stack.stop_extauthz()
+        results.append(
+            run_step(stack, Step("extauthz is down: Envoy fails closed (no decision)",
+                                 "GET", "/tickets/42", alice, 503, "-"))
+        )  # fmt: skip
+    finally:
+        stack.stop()
+    return results
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +188,7 @@ def run_step(stack: Stack, step: Step) -> Result:
 
 
 def print_results(results: Sequence[Result]) -> None:
-    print(f"{'':3}{'#':>2}  {'got':3}  {'request':<16} {'what was tried':<58} {'reason':<22} "
+    print(f"{'':3}{'#':>2}  {'got':3}  {'request':<16} {'what was tried':<58} {'reason':<24} "
           "WWW-Authenticate")  # fmt: skip
     for i, result in enumerate(results, 1):
         step = result.step
@@ -138,7 +196,7 @@ def print_results(results: Sequence[Result]) -> None:
         request = f"{step.method} {step.path}"
         print(
             f"{mark}{i:>2}  {result.response.status:<3}  {request:<16} {step.what:<58} "
-            f"{result.reason:<22} {result.response.www_authenticate or '-'}"
+            f"{result.reason:<24} {result.response.www_authenticate or '-'}"
         )
         if not result.ok:
             print(f"{'':7}expected {step.expect_status} {step.expect_reason}")
@@ -177,7 +235,7 @@ def print_decisions(stack: Stack) -> None:
         request = f"{line['method']} {line['path']}"
         print(
             f"  {line['decision_id'][:8]}  {line['decision']:<5} {line['status']} "
-            f"{line['reason']:<22} {request:<16} {extra}".rstrip()
+            f"{line['reason']:<24} {request:<16} {extra}".rstrip()
         )
 
 
@@ -214,6 +272,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_decisions(stack)
     finally:
         stack.stop()
+    print(
+        "\nOutages, on a second stack whose feed goes stale after 1 s: the feed file is "
+        "broken, then extauthz is stopped."
+    )
+    try:
+        outage_results = outages(args.keep)
+    except StackError as err:
+        print(f"demo: cannot start the second stack: {err}", file=sys.stderr)
+        return 2
+    print_results(outage_results)
+    results += outage_results
     if args.keep:
         print(f"\nConfigs and logs kept in {stack.workdir}")
     failed = [r for r in results if not r.ok]
