@@ -73,7 +73,7 @@ class _Trace:
         self.scope_has: bool | None = None
         self.lacking: tuple[str, ...] = ()
 
-    def decision(self, reason: Reason, detail: str = "") -> Decision:
+    def decision(self, reason: Reason) -> Decision:
         return Decision(
             reason,
             identity=self.identity,
@@ -89,7 +89,6 @@ class _Trace:
             user_has=self.user_has,
             scope_has=self.scope_has,
             lacking=self.lacking,
-            detail=detail,
         )
 
 
@@ -122,7 +121,7 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
         )
         return trace.decision(_check_permission(trace, match, actors, user_grants, identity))
     except Denied as denied:
-        return trace.decision(denied.reason, denied.detail)
+        return trace.decision(denied.reason)
 
 
 def _authorized_actors(

@@ -116,7 +116,8 @@ class FeedError(ExtauthzError):
 class Denied(ExtauthzError):
     """A request is refused. ``reason`` fixes the status and challenge through ``OUTCOMES``.
 
-    ``detail`` is for operators (operational log), never sent to the client.
+    ``detail`` says what exactly failed, for operators reading the exception and for tests;
+    it is never sent to the client.
     """
 
     def __init__(self, reason: Reason, detail: str = "") -> None:

@@ -65,7 +65,6 @@ class Decision:
     user_has: bool | None = None
     scope_has: bool | None = None
     lacking: tuple[str, ...] = ()
-    detail: str = ""
 
     @property
     def allowed(self) -> bool:

