@@ -28,6 +28,7 @@ CHECK_BUCKETS = (
     1.0,
 )
 REFRESH_OUTCOMES = ("success", "not_modified", "error")
+RELOAD_OUTCOMES = ("success", "error")
 
 
 class Metrics:
@@ -68,6 +69,39 @@ class Metrics:
             ["issuer"],
             registry=registry,
         )
+        self.keys_refreshes = Counter(
+            "extauthz_keys_refresh_total",
+            "Signing-key (JWKS) refresh attempts per issuer, by outcome.",
+            ["issuer", "outcome"],
+            registry=registry,
+        )
+        self.keys_age = Gauge(
+            "extauthz_keys_age_seconds",
+            "Seconds since the issuer's keys were last fetched or confirmed; +Inf before.",
+            ["issuer"],
+            registry=registry,
+        )
+        self.feed_revoked_tokens = Gauge(
+            "extauthz_feed_revoked_tokens",
+            "Revoked token ids (jti) in the current feed snapshot, not yet expired.",
+            registry=registry,
+        )
+        self.feed_disabled_agents = Gauge(
+            "extauthz_feed_disabled_agents",
+            "Agents the current feed snapshot disables.",
+            registry=registry,
+        )
+        self.config_reloads = Counter(
+            "extauthz_config_reload_total",
+            "Policy reload attempts (file change or SIGHUP) by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.config_restart_required = Gauge(
+            "extauthz_config_restart_required",
+            "1 when the config file changes settings that only take effect on restart.",
+            registry=registry,
+        )
         self.build_info = Gauge(
             "extauthz_build_info",
             "Always 1; labels say which extauthz and Python are running.",
@@ -92,6 +126,8 @@ class Metrics:
         }
         for refresh_outcome in REFRESH_OUTCOMES:
             self.feed_refreshes.labels(refresh_outcome)
+        for reload_outcome in RELOAD_OUTCOMES:
+            self.config_reloads.labels(reload_outcome)
         self.feed_age.set(math.inf)
 
     def observe_check(self, reason: Reason, seconds: float) -> None:
@@ -100,6 +136,12 @@ class Metrics:
 
     def track_feed_age(self, age: Callable[[], float | None]) -> None:
         self.feed_age.set_function(lambda: _or_inf(age()))
+
+    def track_issuer(self, issuer: str, age: Callable[[], float | None]) -> None:
+        """Make every key-refresh series of ``issuer`` exist at zero, and export its age."""
+        for refresh_outcome in REFRESH_OUTCOMES:
+            self.keys_refreshes.labels(issuer, refresh_outcome)
+        self.keys_age.labels(issuer).set_function(lambda: _or_inf(age()))
 
     def set_config(self, policy_version: str, mode: str) -> None:
         self.config_info.clear()

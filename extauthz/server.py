@@ -45,8 +45,11 @@ class Server:
         self.runtime = Runtime(config, load_key_sets(config))
         self.metrics = Metrics(registry or CollectorRegistry())
         self.metrics.set_config(config.policy_version, config.mode)
+        keys_loaded_at = time.time()
         for issuer, key_set in self.runtime.key_sets.items():
             self.metrics.issuer_keys.labels(issuer).set(len(key_set.keys))
+            self.metrics.track_issuer(issuer, lambda: time.time() - keys_loaded_at)
+            self.metrics.keys_refreshes.labels(issuer, "success").inc()
         self.metrics.track_feed_age(lambda: self.runtime.feed.state.age(time.time()))
         self.handler = CheckHandler(self.runtime, self.metrics, DecisionLog(sys.stdout))
         self.feed_source = FileFeedSource(config.feed.source)

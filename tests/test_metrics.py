@@ -116,3 +116,24 @@ def test_two_instances_on_two_registries_do_not_collide() -> None:
     labels = {"decision": "allow", "reason": "allowed"}
     assert sample(first, "extauthz_decisions_total", labels) == 1.0
     assert sample(second, "extauthz_decisions_total", labels) == 0.0
+
+
+def test_an_issuer_gets_key_refresh_series_at_zero_and_an_age(metrics: Metrics) -> None:
+    metrics.track_issuer("https://idp.example.test", lambda: 12.5)
+    for outcome in ("success", "not_modified", "error"):
+        labels = {"issuer": "https://idp.example.test", "outcome": outcome}
+        assert sample(metrics, "extauthz_keys_refresh_total", labels) == 0.0
+    age = sample(metrics, "extauthz_keys_age_seconds", {"issuer": "https://idp.example.test"})
+    assert age == 12.5
+
+
+def test_key_age_is_infinite_before_the_first_fetch(metrics: Metrics) -> None:
+    metrics.track_issuer("https://idp.example.test", lambda: None)
+    age = sample(metrics, "extauthz_keys_age_seconds", {"issuer": "https://idp.example.test"})
+    assert age == math.inf
+
+
+def test_reload_outcome_series_exist_at_zero(metrics: Metrics) -> None:
+    for outcome in ("success", "error"):
+        labels = {"outcome": outcome}
+        assert sample(metrics, "extauthz_config_reload_total", labels) == 0.0
