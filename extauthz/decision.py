@@ -3,7 +3,7 @@
 Allowed only when the required permission is granted by the agent's configured
 permissions AND (for a delegated call) the user's current permissions from the feed AND
 the token's scope. Steps run in the contract's fixed order:
-token → agent → chain → user → route → permissions.
+token → revocation → agent → chain → user → route → permissions.
 """
 
 from __future__ import annotations
@@ -104,8 +104,10 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
         trace.client_id = _claim_str(signed.claims, "client_id")
         trace.jti = _claim_str(signed.claims, "jti")
         validate_claims(signed.claims, config.tokens, trace.audience, now)
+        _check_not_revoked(trace.jti, signed.issuer, view.feed, config)
         identity = trace.identity = identity_from_claims(signed.claims, signed.issuer)
-        actors = _authorized_actors(identity, signed.claims, config)
+        disabled_agents = view.feed.snapshot.disabled_agents if view.feed.snapshot else frozenset()
+        actors = _authorized_actors(identity, signed.claims, config, disabled_agents)
         user_grants = _user_grants(identity, view.feed, config, now)
         if resource is None:
             raise AccessForbidden(Reason.ROUTE_UNKNOWN, f"no resource for host {request.host!r}")
@@ -124,19 +126,38 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
         return trace.decision(denied.reason)
 
 
+def _check_not_revoked(jti: str | None, issuer: str, feed: FeedState, config: Config) -> None:
+    # Token ids are unique per issuer, and the feed speaks for one issuer. The last good
+    # snapshot's revocations hold even when it is stale: they are never less true later.
+    snapshot = feed.snapshot
+    if (
+        jti is not None
+        and snapshot is not None
+        and issuer == config.feed.issuer
+        and jti in snapshot.revoked_tokens
+    ):
+        raise TokenRejected(Reason.TOKEN_REVOKED, "the token's jti is revoked")
+
+
 def _authorized_actors(
-    identity: Identity, claims: Mapping[str, object], config: Config
+    identity: Identity,
+    claims: Mapping[str, object],
+    config: Config,
+    disabled_agents: frozenset[str],
 ) -> tuple[AgentConfig, ...]:
     """The agents whose permissions bound this call: the current actor, or with
     ``delegation: intersect`` every actor in the chain."""
-    agent = _registered_agent(identity.agent, identity.issuer, config)
+    agent = _registered_agent(identity.agent, identity.issuer, config, disabled_agents)
     _check_mode(agent, identity)
     max_depth = config.tokens.max_delegation_depth
     if "act" in claims and len(identity.actor_chain) > max_depth:
         raise TokenRejected(Reason.DELEGATION_TOO_DEEP, f"more than {max_depth} actors")
     if config.tokens.delegation != "intersect":
         return (agent,)
-    prior = tuple(_registered_agent(a, identity.issuer, config) for a in identity.actor_chain[1:])
+    prior = tuple(
+        _registered_agent(a, identity.issuer, config, disabled_agents)
+        for a in identity.actor_chain[1:]
+    )
     for actor in prior:
         _check_mode(actor, identity)
     return (agent, *prior)
@@ -150,12 +171,15 @@ def _check_mode(agent: AgentConfig, identity: Identity) -> None:
         raise AccessForbidden(Reason.AGENT_NOT_DELEGATED, f"{agent.id} may not act for users")
 
 
-def _registered_agent(agent_id: str, issuer: str, config: Config) -> AgentConfig:
+def _registered_agent(
+    agent_id: str, issuer: str, config: Config, disabled_agents: frozenset[str]
+) -> AgentConfig:
     agent = config.agents.get(agent_id)
     # An agent is a client of one issuer: another issuer naming the same id is not it.
     if agent is None or agent.issuer != issuer:
         raise TokenRejected(Reason.AGENT_UNKNOWN, f"agent {agent_id!r} is not registered")
-    if agent.disabled:
+    # Disabled in the config, or by the feed (which suspends without a config change).
+    if agent.disabled or agent_id in disabled_agents:
         raise TokenRejected(Reason.AGENT_DISABLED, f"agent {agent_id!r} is disabled")
     return agent
 

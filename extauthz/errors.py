@@ -26,6 +26,7 @@ class Reason(StrEnum):
     TOKEN_ALGORITHM_NOT_ALLOWED = "token_algorithm_not_allowed"
     TOKEN_CLAIM_MISSING = "token_claim_missing"
     TOKEN_BINDING_UNSUPPORTED = "token_binding_unsupported"
+    TOKEN_REVOKED = "token_revoked"
     KEY_UNKNOWN = "key_unknown"
     KEYS_UNAVAILABLE = "keys_unavailable"
     AGENT_MISSING = "agent_missing"
@@ -73,6 +74,7 @@ OUTCOMES: dict[Reason, Outcome] = {
     Reason.TOKEN_ALGORITHM_NOT_ALLOWED: _INVALID_TOKEN,
     Reason.TOKEN_CLAIM_MISSING: _INVALID_TOKEN,
     Reason.TOKEN_BINDING_UNSUPPORTED: _INVALID_TOKEN,
+    Reason.TOKEN_REVOKED: _INVALID_TOKEN,
     Reason.KEY_UNKNOWN: _INVALID_TOKEN,
     Reason.AGENT_MISSING: _INVALID_TOKEN,
     Reason.AGENT_UNKNOWN: _INVALID_TOKEN,

@@ -150,11 +150,12 @@ class Server:
 async def serve(config_path: str) -> None:
     """Run until SIGTERM or SIGINT. Raises ConfigError when the config or keys are invalid."""
     server = Server(load_config(config_path))
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start: a SIGTERM that arrives just after "serving" is logged must still drain.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await server.start()
     await stop.wait()
     log.info("shutting down", extra={"grace_s": server.config.server.shutdown_grace})
     await server.stop()

@@ -62,6 +62,8 @@ CONFIG: dict[str, Any] = {
             "autonomous": True,
         },
         {"issuer": ISS, "id": "retired-bot", "permissions": ["tickets:read"], "disabled": True},
+        # Enabled in the config; the feed suspends it.
+        {"issuer": ISS, "id": "suspended-bot", "permissions": ["tickets:read"], "autonomous": True},
         # Wildcards; both delegated and autonomous.
         {
             "issuer": ISS,
@@ -127,6 +129,8 @@ SNAPSHOT = FeedSnapshot(
         "carol": UserEntry(GrantSet(["tickets:*", "docs:*"])),
         "dave": UserEntry(GrantSet(["docs:search"])),
     },
+    disabled_agents=frozenset({"suspended-bot"}),
+    revoked_tokens={"revoked-jti": NOW + 300},
 )
 
 
@@ -373,6 +377,24 @@ CASES = [
         Case(A.TOKEN_BINDING_UNSUPPORTED, token=lambda m: m(cnf={"x5t#S256": MTLS_X5T})),
         id="mtls_bound_token_presented_as_a_bearer_token",
     ),
+    # --- revocation -----------------------------------------------------------------------
+    pytest.param(Case(A.TOKEN_REVOKED, token=lambda m: m(jti="revoked-jti")), id="revoked_jti"),
+    pytest.param(
+        Case(A.TOKEN_REVOKED, token=lambda m: m(jti="revoked-jti"), feed="stale"),
+        id="revocation_in_a_stale_feed_still_holds",
+    ),
+    pytest.param(
+        reports_case(
+            A.TOKEN_REVOKED,
+            token=lambda m: m.autonomous(
+                "nightly-reporter", audience=REPORTS_AUD, scope="reports:*", jti="revoked-jti"
+            ),
+        ),
+        id="revoked_autonomous_token",
+    ),
+    pytest.param(
+        Case(A.ALLOWED, token=lambda m: m(jti="revoked-JTI")), id="revoked_jti_matches_exactly"
+    ),
     # --- the agent and the chain ----------------------------------------------------------
     pytest.param(Case(A.AGENT_MISSING, token=lambda m: m(client_id=None)), id="no_agent_named"),
     pytest.param(
@@ -380,6 +402,26 @@ CASES = [
     ),
     pytest.param(
         Case(A.AGENT_DISABLED, token=lambda m: m(client_id="retired-bot")), id="disabled_agent"
+    ),
+    pytest.param(
+        Case(A.AGENT_DISABLED, token=lambda m: m(client_id="suspended-bot")),
+        id="agent_disabled_by_the_feed",
+    ),
+    pytest.param(
+        Case(
+            A.AGENT_DISABLED,
+            token=lambda m: m.autonomous("suspended-bot", scope="tickets:read"),
+            feed="stale",
+        ),
+        id="agent_disabled_by_a_stale_feed_stays_disabled",
+    ),
+    pytest.param(
+        Case(
+            A.AGENT_DISABLED,
+            token=lambda m: m(act=chain("helpdesk-bot", "suspended-bot")),
+            delegation="intersect",
+        ),
+        id="intersect_refuses_a_prior_actor_the_feed_disabled",
     ),
     pytest.param(
         Case(A.AGENT_NOT_DELEGATED, token=lambda m: m(client_id="nightly-reporter")),
@@ -972,6 +1014,18 @@ def test_delegated_calls_need_a_feed_no_older_than_max_staleness(
 # --- the check order at the decision level ----------------------------------------------
 
 ORDER_CASES = [
+    pytest.param(
+        Case(A.TOKEN_EXPIRED, token=lambda m: m(jti="revoked-jti"), now=NOW + 3600),
+        id="expired_before_revoked",
+    ),
+    pytest.param(
+        Case(A.TOKEN_REVOKED, token=lambda m: m(jti="revoked-jti", client_id="stranger-bot")),
+        id="revoked_before_unknown_agent",
+    ),
+    pytest.param(
+        Case(A.FEED_STALE, token=lambda m: m(jti="revoked-jti"), feed="none"),
+        id="no_feed_means_no_revocations_known_and_a_delegated_call_is_stale",
+    ),
     pytest.param(
         Case(A.TOKEN_EXPIRED, token=lambda m: m(client_id="stranger-bot"), now=NOW + 3600),
         id="expired_before_unknown_agent",

@@ -377,3 +377,60 @@ def test_refresh_after_a_failed_first_load_reads_the_file_again(tmp_path: Path) 
     write_feed(path, "1", {})
     bump_mtime(path)
     assert source.refresh(cache, 2.0) is RefreshOutcome.SUCCESS
+
+
+# --- revocation and agents in the feed --------------------------------------------------
+
+
+def test_feed_carries_disabled_agents_and_revoked_token_ids() -> None:
+    snapshot = parse_feed(
+        feed_bytes(
+            {
+                "version": "7",
+                "users": {},
+                "agents": {"helpdesk-bot": {"disabled": True}, "ops-bot": {"disabled": False}},
+                "revoked_tokens": {"jti-1": 1_800_000_600, "jti-2": 1_800_000_000.5},
+            }
+        ),
+        "f",
+    )
+    assert snapshot.disabled_agents == frozenset({"helpdesk-bot"})
+    assert snapshot.revoked_tokens == {"jti-1": 1_800_000_600.0, "jti-2": 1_800_000_000.5}
+
+
+def test_feed_without_agents_or_revocations_has_none() -> None:
+    snapshot = parse_feed(feed_bytes({"version": "1", "users": {}}), "f")
+    assert snapshot.disabled_agents == frozenset()
+    assert snapshot.revoked_tokens == {}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"agents": []}, "feed.json: agents: must be an object of agent id to entry"),
+        ({"agents": {"bot": True}}, "feed.json: agents.bot: must be an object"),
+        ({"agents": {"bot": {"off": True}}}, "feed.json: agents.bot: off: unknown key"),
+        ({"agents": {"bot": {"disabled": 1}}}, "feed.json: agents.bot.disabled: must be true"),
+        ({"agents": {" bot": {}}}, "ids must be non-empty and printable"),
+        ({"revoked_tokens": ["jti-1"]}, "feed.json: revoked_tokens: must be an object of jti"),
+        ({"revoked_tokens": {"": 5}}, "feed.json: revoked_tokens: token ids must be non-empty"),
+        ({"revoked_tokens": {"j": "soon"}}, "feed.json: revoked_tokens.j: must be the token's exp"),
+        ({"revoked_tokens": {"j": True}}, "feed.json: revoked_tokens.j: must be the token's exp"),
+    ],
+)
+def test_invalid_agents_or_revocations_are_rejected_precisely(
+    extra: dict[str, object], message: str
+) -> None:
+    assert message in feed_error({"version": "1", "users": {}, **extra})
+
+
+def test_revocations_of_expired_tokens_are_pruned_but_leeway_keeps_them() -> None:
+    snapshot = FeedSnapshot("1", {}, revoked_tokens={"old": 100.0, "edge": 190.0, "new": 500.0})
+    pruned = snapshot.prune_expired(now=200.0, leeway=30.0)
+    assert pruned.revoked_tokens == {"edge": 190.0, "new": 500.0}
+    assert pruned.version == "1"
+
+
+def test_pruning_with_nothing_expired_returns_the_same_snapshot() -> None:
+    snapshot = FeedSnapshot("1", {}, revoked_tokens={"new": 500.0})
+    assert snapshot.prune_expired(now=200.0, leeway=0.0) is snapshot

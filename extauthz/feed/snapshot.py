@@ -4,19 +4,28 @@ Format (JSON)::
 
     {"version": "42",
      "users": {"alice": {"permissions": ["tickets:read"]},
-               "bob":   {"permissions": [], "disabled": true}}}
+               "bob":   {"permissions": [], "disabled": true}},
+     "agents": {"helpdesk-bot": {"disabled": true}},
+     "revoked_tokens": {"3f9c0a": 1800000600}}
+
+``agents`` and ``revoked_tokens`` are optional. ``revoked_tokens`` maps a token id (``jti``)
+to that token's ``exp``: an entry is needed only until the token expires by itself, and
+sources drop entries past that (``prune_expired``) so the list cannot grow without bound.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from extauthz.errors import FeedError
 from extauthz.permissions import GrantSet, permission_problem
 from extauthz.strict_json import loads_strict
 
 _USER_KEYS = frozenset({"permissions", "disabled"})
+_AGENT_KEYS = frozenset({"disabled"})
+_TOP_KEYS = frozenset({"version", "users", "agents", "revoked_tokens"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +38,17 @@ class UserEntry:
 class FeedSnapshot:
     version: str
     users: Mapping[str, UserEntry]
+    # Agents switched off at the source, on top of the config's own ``disabled`` flags.
+    disabled_agents: frozenset[str] = frozenset()
+    # jti -> exp of revoked tokens.
+    revoked_tokens: Mapping[str, float] = field(default_factory=dict)
+
+    def prune_expired(self, now: float, leeway: float) -> FeedSnapshot:
+        """This snapshot without revocations of tokens that are expired anyway."""
+        keep = {jti: exp for jti, exp in self.revoked_tokens.items() if exp + leeway >= now}
+        if len(keep) == len(self.revoked_tokens):
+            return self
+        return replace(self, revoked_tokens=keep)
 
 
 def parse_feed(raw: bytes, source: str) -> FeedSnapshot:
@@ -41,7 +61,7 @@ def parse_feed(raw: bytes, source: str) -> FeedSnapshot:
         raise FeedError(f"{source}: not valid JSON: {err}") from err
     if not isinstance(document, dict):
         raise FeedError(f"{source}: must be a JSON object")
-    unknown = sorted(set(document) - {"version", "users"})
+    unknown = sorted(set(document) - _TOP_KEYS)
     if unknown:
         raise FeedError(f"{source}: {unknown[0]}: unknown key")
     version = document.get("version")
@@ -58,16 +78,60 @@ def parse_feed(raw: bytes, source: str) -> FeedSnapshot:
     entries: dict[str, UserEntry] = {}
     for user_id, entry in users.items():
         entries[user_id] = _user_entry(user_id, entry, source, interned)
-    return FeedSnapshot(version, entries)
+    return FeedSnapshot(
+        version,
+        entries,
+        disabled_agents=_disabled_agents(document.get("agents", {}), source),
+        revoked_tokens=_revoked_tokens(document.get("revoked_tokens", {}), source),
+    )
+
+
+def _printable_id(value: str) -> bool:
+    # Ids end up in headers and logs: no control characters, no edge spaces (an upstream
+    # would read " alice" as "alice").
+    return bool(value) and value.isprintable() and value == value.strip()
+
+
+def _disabled_agents(agents: object, source: str) -> frozenset[str]:
+    if not isinstance(agents, dict):
+        raise FeedError(f"{source}: agents: must be an object of agent id to entry")
+    disabled: set[str] = set()
+    for agent_id, entry in agents.items():
+        where = f"{source}: agents.{agent_id}"
+        if not _printable_id(agent_id):
+            raise FeedError(f"{source}: agents: {agent_id!r}: ids must be non-empty and printable")
+        if not isinstance(entry, dict):
+            raise FeedError(f"{where}: must be an object")
+        if not _AGENT_KEYS.issuperset(entry):
+            raise FeedError(f"{where}: {sorted(set(entry) - _AGENT_KEYS)[0]}: unknown key")
+        flag = entry.get("disabled", False)
+        if not isinstance(flag, bool):
+            raise FeedError(f"{where}.disabled: must be true or false")
+        if flag:
+            disabled.add(agent_id)
+    return frozenset(disabled)
+
+
+def _revoked_tokens(revoked: object, source: str) -> dict[str, float]:
+    if not isinstance(revoked, dict):
+        raise FeedError(f"{source}: revoked_tokens: must be an object of jti to exp")
+    result: dict[str, float] = {}
+    for jti, exp in revoked.items():
+        if not jti:
+            raise FeedError(f"{source}: revoked_tokens: token ids must be non-empty")
+        if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
+            raise FeedError(
+                f"{source}: revoked_tokens.{jti}: must be the token's exp (seconds since epoch)"
+            )
+        result[jti] = float(exp)
+    return result
 
 
 def _user_entry(
     user_id: str, entry: object, source: str, interned: dict[frozenset[str], GrantSet]
 ) -> UserEntry:
     where = f"{source}: users.{user_id}"
-    if not user_id or not user_id.isprintable() or user_id != user_id.strip():
-        # User ids end up in headers and logs: no control characters, no edge spaces
-        # (an upstream would read " alice" as "alice").
+    if not _printable_id(user_id):
         raise FeedError(f"{source}: users: {user_id!r}: ids must be non-empty and printable")
     if not isinstance(entry, dict):
         raise FeedError(f"{where}: must be an object")
