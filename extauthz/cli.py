@@ -47,7 +47,7 @@ def _check_config(path: str) -> int:
     # The feed is data, not config, and may be delivered after the config: a problem with
     # it is a warning here (serve would start not-ready), not a config error.
     try:
-        FileFeedSource(config.feed.source).refresh(FeedCache(), 0.0)
+        FileFeedSource(config.feed.path).refresh(FeedCache(), 0.0)
     except FeedError as err:
         print(f"extauthz: warning: {path}: feed.source: {err}", file=sys.stderr)
     print(

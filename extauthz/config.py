@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -41,11 +42,34 @@ class ServerConfig:
     shutdown_grace: float = 10.0
 
 
+KeySourceKind = Literal["file", "url", "discovery"]
+FeedKind = Literal["file", "http", "grpc"]
+
+
 @dataclass(frozen=True, slots=True)
 class IssuerConfig:
     issuer: str
     algorithms: frozenset[str]
-    jwks_file: Path
+    # Exactly one source of keys: a JWKS file, a JWKS URL, or OIDC discovery from the issuer.
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    discovery: bool = False
+    # The refresh interval when the JWKS response says nothing (no Cache-Control max-age),
+    # and the bounds any max-age is clamped to.
+    keys_refresh: float = 300.0
+    keys_refresh_min: float = 60.0
+    keys_refresh_max: float = 3600.0
+    # At most one refetch per this interval for a token naming an unknown kid, so a flood
+    # of made-up kids cannot turn extauthz into an amplifier against the IdP.
+    unknown_kid_refetch: float = 60.0
+    fetch_timeout: float = 5.0
+    ca_file: Path | None = None
+
+    @property
+    def key_source(self) -> KeySourceKind:
+        if self.jwks_file is not None:
+            return "file"
+        return "url" if self.jwks_url is not None else "discovery"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +93,35 @@ class AgentConfig:
     disabled: bool = False
 
 
+# A feed this large is a mistake or an attack; refuse it rather than exhaust memory.
+MAX_FEED_BYTES = 512 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class FeedConfig:
-    source: Path
+    # The feed file's absolute path, an http(s):// URL, or a grpc:// address (see ``kind``).
+    source: str
     # Whose users the feed lists: delegated tokens from other issuers have no user here.
     issuer: str
+    kind: FeedKind = "file"
     refresh: float = 10.0
     max_staleness: float = 120.0
+    timeout: float = 5.0
+    # Extra attempts within one refresh of an HTTP feed, with exponential backoff and jitter.
+    retries: int = 2
+    max_bytes: int = MAX_FEED_BYTES
+    # A bearer credential for the feed server, read from a file (re-read every fetch, so a
+    # rotated Secret is picked up) or an environment variable; never from the config itself.
+    credentials_file: Path | None = None
+    credentials_env: str | None = None
+    ca_file: Path | None = None
+    # Where the last accepted feed is kept, so a restart during a feed outage still serves.
+    snapshot_file: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        """The feed file (``kind`` file only)."""
+        return Path(self.source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +330,20 @@ def _listen(s: _Section, name: str, default: str) -> str:
 
 
 def _issuer(s: _Section, base: Path) -> IssuerConfig:
-    s.allow("issuer", "jwks_file", "algorithms")
+    s.allow(
+        "issuer",
+        "jwks_file",
+        "jwks_url",
+        "discovery",
+        "algorithms",
+        "keys_refresh",
+        "keys_refresh_min",
+        "keys_refresh_max",
+        "unknown_kid_refetch",
+        "fetch_timeout",
+        "ca_file",
+        "allow_plain_http",
+    )
     issuer = s.string("issuer")
     algorithms = s.string_list("algorithms")
     if not algorithms:
@@ -296,10 +355,75 @@ def _issuer(s: _Section, base: Path) -> IssuerConfig:
                 f"{alg!r} is not allowed; use asymmetric algorithms only: "
                 + ", ".join(sorted(SUPPORTED_ALGORITHMS)),
             )
-    if not s.has("jwks_file"):
-        raise s.error("jwks_file", "is required (the issuer's signing keys, a JWKS document)")
-    jwks_file = base / s.string("jwks_file")
-    return IssuerConfig(issuer, frozenset(algorithms), jwks_file)
+    discovery = s.boolean("discovery", False)
+    given = [name for name in ("jwks_file", "jwks_url") if s.has(name)] + (
+        ["discovery"] if discovery else []
+    )
+    if not given:
+        raise s.error(
+            "jwks_file",
+            "is required (the issuer's signing keys, a JWKS document), "
+            "or give jwks_url, or discovery: true",
+        )
+    if len(given) > 1:
+        raise s.error(given[1], f"give only one of jwks_file, jwks_url, discovery: {given[0]} too")
+    plain_http = s.boolean("allow_plain_http", False)
+    jwks_url = _url(s, "jwks_url", ("https", "http"), plain_http) if s.has("jwks_url") else None
+    if discovery:
+        # OIDC discovery reads {issuer}/.well-known/openid-configuration.
+        _check_url(s, "issuer", issuer, ("https", "http"), plain_http)
+    default = IssuerConfig(issuer, frozenset())
+    refresh_min = s.duration("keys_refresh_min", default.keys_refresh_min)
+    refresh_max = s.duration("keys_refresh_max", default.keys_refresh_max)
+    if refresh_max < refresh_min:
+        raise s.error("keys_refresh_max", "must not be shorter than keys_refresh_min")
+    remote = jwks_url is not None or discovery
+    for name in ("keys_refresh", "unknown_kid_refetch", "fetch_timeout", "ca_file"):
+        if not remote and s.has(name):
+            raise s.error(name, "only applies to keys fetched from jwks_url or discovery")
+    return IssuerConfig(
+        issuer,
+        frozenset(algorithms),
+        jwks_file=base / s.string("jwks_file") if s.has("jwks_file") else None,
+        jwks_url=jwks_url,
+        discovery=discovery,
+        keys_refresh=s.duration("keys_refresh", default.keys_refresh),
+        keys_refresh_min=refresh_min,
+        keys_refresh_max=refresh_max,
+        unknown_kid_refetch=s.duration("unknown_kid_refetch", default.unknown_kid_refetch),
+        fetch_timeout=s.duration("fetch_timeout", default.fetch_timeout),
+        ca_file=base / s.string("ca_file") if s.has("ca_file") else None,
+    )
+
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+def _url(s: _Section, name: str, schemes: tuple[str, ...], plain_http: bool) -> str:
+    value = s.string(name)
+    _check_url(s, name, value, schemes, plain_http)
+    return value
+
+
+def _check_url(
+    s: _Section, name: str, value: str, schemes: tuple[str, ...], plain_http: bool
+) -> None:
+    """Keys and permissions decide who gets in: fetched over plain HTTP they can be
+    rewritten on the way, so http:// is for loopback (a sidecar bridge) unless allowed."""
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise s.error(name, f"must be a {' or '.join(schemes)} URL with a host, got {value!r}")
+    if parts.username or parts.password:
+        raise s.error(name, "must not carry credentials; use credentials_file or credentials_env")
+    host = parts.hostname.lower()
+    loopback = host in _LOOPBACK_HOSTS or host.startswith("127.")
+    if parts.scheme == "http" and not loopback and not plain_http:
+        raise s.error(
+            name,
+            "plain http:// is refused for a non-loopback host (keys and permissions could be "
+            "rewritten in transit); use https://, or set allow_plain_http: true if a mesh "
+            "encrypts the hop",
+        )
 
 
 def _tokens(s: _Section) -> TokenPolicy:
@@ -434,20 +558,69 @@ def _permission_map(s: _Section, what: str) -> dict[str, str]:
 
 
 def _feed(s: _Section, base: Path, issuers: Mapping[str, IssuerConfig]) -> FeedConfig:
-    s.allow("source", "issuer", "refresh", "max_staleness")
-    default = FeedConfig(Path(), "")
+    s.allow(
+        "source",
+        "issuer",
+        "refresh",
+        "max_staleness",
+        "timeout",
+        "retries",
+        "max_bytes",
+        "credentials_file",
+        "credentials_env",
+        "ca_file",
+        "allow_plain_http",
+        "snapshot_file",
+    )
+    default = FeedConfig("", "")
     source = s.string("source")
-    if "://" in source:
-        raise s.error("source", "only a file path is supported in this version")
+    plain_http = s.boolean("allow_plain_http", False)
+    kind: FeedKind
+    if source.startswith(("https://", "http://")):
+        kind = "http"
+        _check_url(s, "source", source, ("https", "http"), plain_http)
+    elif source.startswith("grpc://"):
+        kind = "grpc"
+        _check_grpc_address(s, source)
+    elif "://" in source:
+        raise s.error("source", "must be a file path, an http(s):// URL or a grpc://host:port")
+    else:
+        kind, source = "file", str(base / source)
+    if kind == "file":
+        for name in ("timeout", "retries", "credentials_file", "credentials_env", "ca_file"):
+            if s.has(name):
+                raise s.error(name, "only applies to an http(s):// or grpc:// feed source")
+    if s.has("credentials_file") and s.has("credentials_env"):
+        raise s.error("credentials_env", "give only one of credentials_file, credentials_env")
+    retries = s.raw("retries") if s.has("retries") else default.retries
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 10:
+        raise s.error("retries", f"must be a whole number from 0 to 10, got {retries!r}")
+    max_bytes = s.raw("max_bytes") if s.has("max_bytes") else default.max_bytes
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1024:
+        raise s.error("max_bytes", f"must be a whole number of bytes >= 1024, got {max_bytes!r}")
     feed = FeedConfig(
-        source=base / source,
+        source=source,
         issuer=_issuer_of(s, issuers, "whose users does the feed list?"),
+        kind=kind,
         refresh=s.duration("refresh", default.refresh),
         max_staleness=s.duration("max_staleness", default.max_staleness),
+        timeout=s.duration("timeout", default.timeout),
+        retries=retries,
+        max_bytes=max_bytes,
+        credentials_file=base / s.string("credentials_file") if s.has("credentials_file") else None,
+        credentials_env=s.string("credentials_env") if s.has("credentials_env") else None,
+        ca_file=base / s.string("ca_file") if s.has("ca_file") else None,
+        snapshot_file=base / s.string("snapshot_file") if s.has("snapshot_file") else None,
     )
     if feed.max_staleness <= feed.refresh:
         raise s.error("max_staleness", "must be longer than refresh, or every feed goes stale")
     return feed
+
+
+def _check_grpc_address(s: _Section, source: str) -> None:
+    host, sep, port = source.removeprefix("grpc://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535 or "/" in host:
+        raise s.error("source", f"must be grpc://host:port, got {source!r}")
 
 
 def _response(s: _Section) -> ResponseConfig:

@@ -35,8 +35,13 @@ AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
 def load_key_sets(config: Config) -> dict[str, KeySet]:
-    """Load every issuer's JWKS file. Raises ConfigError naming the file and key."""
-    return {i.issuer: load_jwks_file(i.issuer, i.jwks_file) for i in config.issuers.values()}
+    """Load the JWKS file of every issuer that has one. Raises ConfigError naming the
+    file and key. Issuers whose keys are fetched start with none."""
+    return {
+        i.issuer: load_jwks_file(i.issuer, i.jwks_file)
+        for i in config.issuers.values()
+        if i.jwks_file is not None
+    }
 
 
 class Server:
@@ -52,7 +57,7 @@ class Server:
             self.metrics.keys_refreshes.labels(issuer, "success").inc()
         self.metrics.track_feed_age(lambda: self.runtime.feed.state.age(time.time()))
         self.handler = CheckHandler(self.runtime, self.metrics, DecisionLog(sys.stdout))
-        self.feed_source = FileFeedSource(config.feed.source)
+        self.feed_source = FileFeedSource(config.feed.path)
         self.health = health_aio.HealthServicer()
         self.http = HttpEndpoints(self.metrics.registry, lambda: self.runtime.ready)
         self._grpc: grpc.aio.Server | None = None

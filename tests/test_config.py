@@ -70,7 +70,8 @@ def test_example_policy_loads_with_every_value_in_place() -> None:
     triage = config.agents["triage-bot"]
     assert (triage.delegated, triage.autonomous, triage.disabled) == (False, True, False)
     assert config.agents["retired-agent"].disabled is True
-    assert config.feed.source == DEPLOY / "feed" / "users.json"
+    assert config.feed.source == str(DEPLOY / "feed" / "users.json")
+    assert config.feed.kind == "file"
     assert config.feed.refresh == 10.0
     assert config.feed.max_staleness == 120.0
     assert config.response.forward_authorization is False
@@ -154,7 +155,7 @@ def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
     [
         (lambda d: d.update(modee="enforce"), "modee"),
         (lambda d: d["server"].update(grpc_port=9001), "server.grpc_port"),
-        (lambda d: d["issuers"][0].update(jwks_url="https://x"), "issuers[0].jwks_url"),
+        (lambda d: d["issuers"][0].update(jwks_uri="https://x"), "issuers[0].jwks_uri"),
         (lambda d: d["tokens"].update(max_lifetme="1h"), "tokens.max_lifetme"),
         (lambda d: d["agents"][1].update(permisions=["x"]), "agents[1].permisions"),
         (lambda d: d["resources"][0].update(host=["x"]), "resources[0].host"),
@@ -340,11 +341,6 @@ def test_missing_required_key_is_named(tmp_path: Path, edit: Edit, key: str) -> 
             lambda d: d["server"].update(http_listen="127.0.0.1:9001"),
             "server.http_listen",
             "must differ from grpc_listen",
-        ),
-        (
-            lambda d: d["feed"].update(source="https://feeds.example.test/users.json"),
-            "feed.source",
-            "only a file path",
         ),
         (lambda d: d["response"].update(realm='a"b'), "response.realm", "quotes"),
         (lambda d: d["agents"][0].update(id="bad\nagent"), "agents[0].id", "control characters"),
@@ -596,8 +592,10 @@ def test_relative_paths_resolve_against_the_config_folder(
 
     config = load_config(Path("..") / "etc" / "extauthz" / "config.yaml")
 
-    assert config.issuers[ISSUER].jwks_file.resolve() == folder / "keys" / "jwks.json"
-    assert config.feed.source.resolve() == folder / "feed" / "users.json"
+    jwks_file = config.issuers[ISSUER].jwks_file
+    assert jwks_file is not None
+    assert jwks_file.resolve() == folder / "keys" / "jwks.json"
+    assert config.feed.path.resolve() == folder / "feed" / "users.json"
 
 
 def test_absolute_paths_are_kept(tmp_path: Path) -> None:
@@ -610,7 +608,7 @@ def test_absolute_paths_are_kept(tmp_path: Path) -> None:
 
     config = load_edited(tmp_path / "cfg", edit)
     assert config.issuers[ISSUER].jwks_file == jwks
-    assert config.feed.source == feed
+    assert config.feed.path == feed
 
 
 def test_invalid_yaml_reports_the_line(tmp_path: Path) -> None:
@@ -808,3 +806,139 @@ def test_agent_id_with_surrounding_spaces_is_rejected(tmp_path: Path, agent_id: 
     err = error_of(tmp_path, lambda d: d["agents"][1].update(id=agent_id))
     assert err.key == "agents[1].id"
     assert "surrounding spaces" in err.problem
+
+
+# --- key sources -------------------------------------------------------------------------
+
+
+def _keys(d: dict[str, Any], **keys: Any) -> None:
+    issuer = d["issuers"][0]
+    issuer.pop("jwks_file")
+    issuer.update(keys)
+
+
+def test_issuer_keys_may_come_from_a_jwks_url(tmp_path: Path) -> None:
+    issuer = next(
+        iter(
+            load_edited(tmp_path, lambda d: _keys(d, jwks_url="https://idp/jwks")).issuers.values()
+        )
+    )
+    assert issuer.key_source == "url"
+    assert issuer.jwks_url == "https://idp/jwks"
+    assert issuer.jwks_file is None
+    assert (issuer.keys_refresh, issuer.unknown_kid_refetch) == (300.0, 60.0)
+
+
+def test_issuer_keys_may_come_from_oidc_discovery(tmp_path: Path) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        _keys(d, discovery=True, keys_refresh="2m", unknown_kid_refetch="10s")
+
+    issuer = next(iter(load_edited(tmp_path, edit).issuers.values()))
+    assert issuer.key_source == "discovery"
+    assert (issuer.keys_refresh, issuer.unknown_kid_refetch) == (120.0, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "problem"),
+    [
+        (lambda d: _keys(d), "issuers[0].jwks_file", "or give jwks_url, or discovery: true"),
+        (
+            lambda d: d["issuers"][0].update(jwks_url="https://idp/jwks"),
+            "issuers[0].jwks_url",
+            "give only one of jwks_file, jwks_url, discovery",
+        ),
+        (lambda d: _keys(d, jwks_url="ftp://idp/jwks"), "issuers[0].jwks_url", "https or http"),
+        (lambda d: _keys(d, jwks_url="https:///jwks"), "issuers[0].jwks_url", "with a host"),
+        (
+            lambda d: _keys(d, jwks_url="http://idp.example.test/jwks"),
+            "issuers[0].jwks_url",
+            "plain http:// is refused",
+        ),
+        (
+            lambda d: _keys(d, jwks_url="https://u:p@idp/jwks"),
+            "issuers[0].jwks_url",
+            "must not carry credentials",
+        ),
+        (
+            lambda d: d["issuers"][0].update(keys_refresh="1m"),
+            "issuers[0].keys_refresh",
+            "only applies to keys fetched",
+        ),
+        (
+            lambda d: _keys(
+                d, jwks_url="https://idp/j", keys_refresh_min="10m", keys_refresh_max="5m"
+            ),
+            "issuers[0].keys_refresh_max",
+            "must not be shorter",
+        ),
+    ],
+)
+def test_bad_key_source_is_rejected_precisely(
+    tmp_path: Path, edit: Edit, key: str, problem: str
+) -> None:
+    err = error_of(tmp_path, edit)
+    assert (err.key, problem in err.problem) == (key, True), err
+
+
+def test_plain_http_keys_are_allowed_on_loopback_or_when_asked(tmp_path: Path) -> None:
+    assert load_edited(tmp_path, lambda d: _keys(d, jwks_url="http://127.0.0.1:1/j")).issuers
+    edit: Edit = lambda d: _keys(d, jwks_url="http://idp.internal/j", allow_plain_http=True)  # noqa: E731
+    assert load_edited(tmp_path, edit).issuers
+
+
+# --- feed sources ------------------------------------------------------------------------
+
+
+def test_feed_source_may_be_an_https_url_with_a_credentials_file(tmp_path: Path) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        d["feed"].update(
+            source="https://perms.example.test/feed.json",
+            credentials_file="secrets/feed-token",
+            timeout="2s",
+            retries=4,
+            snapshot_file="state/feed.json",
+        )
+
+    feed = load_edited(tmp_path, edit).feed
+    assert (feed.kind, feed.source) == ("http", "https://perms.example.test/feed.json")
+    assert feed.credentials_file == tmp_path.resolve() / "secrets" / "feed-token"
+    assert feed.snapshot_file == tmp_path.resolve() / "state" / "feed.json"
+    assert (feed.timeout, feed.retries) == (2.0, 4)
+
+
+def test_feed_source_may_be_a_grpc_address(tmp_path: Path) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        d["feed"].update(source="grpc://127.0.0.1:7070", credentials_env="FEED_TOKEN")
+
+    feed = load_edited(tmp_path, edit).feed
+    assert (feed.kind, feed.source, feed.credentials_env) == (
+        "grpc",
+        "grpc://127.0.0.1:7070",
+        "FEED_TOKEN",
+    )
+
+
+@pytest.mark.parametrize(
+    ("feed", "key", "problem"),
+    [
+        ({"source": "s3://bucket/feed"}, "feed.source", "must be a file path, an http(s)://"),
+        ({"source": "grpc://host"}, "feed.source", "must be grpc://host:port"),
+        ({"source": "grpc://host:99999"}, "feed.source", "must be grpc://host:port"),
+        ({"source": "http://perms.example.test/f"}, "feed.source", "plain http:// is refused"),
+        ({"retries": 2}, "feed.retries", "only applies to an http(s):// or grpc://"),
+        ({"credentials_env": "X"}, "feed.credentials_env", "only applies"),
+        (
+            {"source": "https://p/f", "credentials_env": "X", "credentials_file": "f"},
+            "feed.credentials_env",
+            "give only one",
+        ),
+        ({"source": "https://p/f", "retries": 11}, "feed.retries", "from 0 to 10"),
+        ({"source": "https://p/f", "retries": "3"}, "feed.retries", "from 0 to 10"),
+        ({"max_bytes": 10}, "feed.max_bytes", ">= 1024"),
+    ],
+)
+def test_bad_feed_source_settings_are_rejected_precisely(
+    tmp_path: Path, feed: dict[str, Any], key: str, problem: str
+) -> None:
+    err = error_of(tmp_path, lambda d: d["feed"].update(feed))
+    assert (err.key, problem in err.problem) == (key, True), err

@@ -192,7 +192,7 @@ async def test_feed_loop_confirms_an_unchanged_feed(server: Server) -> None:
 async def test_without_a_feed_the_server_is_not_serving_until_one_arrives(
     config: Config, issuer: LocalIssuer
 ) -> None:
-    feed = config.feed.source
+    feed = config.feed.path
     feed.unlink()
     server = Server(config, CollectorRegistry())
     await server.start()
@@ -239,7 +239,7 @@ async def test_garbage_feed_keeps_the_last_good_snapshot_and_counts_an_error(
     assert good is not None
     assert good.version == "1"
 
-    replace_file(server.config.feed.source, b'{"version": "2", "users": {"alice": ')
+    replace_file(server.config.feed.path, b'{"version": "2", "users": {"alice": ')
 
     async def rejected() -> bool:
         value = sample(server, "extauthz_feed_refresh_total", {"outcome": "error"})
@@ -265,11 +265,11 @@ async def test_revocation_in_a_changed_feed_is_picked_up_live(
     assert (await grpc_check(channel, request)).status.code == code_pb2.OK
 
     staged = write_feed(
-        server.config.feed.source.with_name("staged.json"),
+        server.config.feed.path.with_name("staged.json"),
         "2",
         {"alice": {"permissions": ["tickets:read"]}, "bob": {"permissions": []}},
     )
-    os.replace(staged, server.config.feed.source)
+    os.replace(staged, server.config.feed.path)
 
     async def loaded() -> bool:
         snapshot = server.runtime.feed.state.snapshot

@@ -7,12 +7,10 @@ import os
 from enum import StrEnum
 from pathlib import Path
 
+from extauthz.config import MAX_FEED_BYTES
 from extauthz.errors import FeedError
 from extauthz.feed.cache import FeedCache
 from extauthz.feed.snapshot import parse_feed
-
-# A feed this large is a mistake or an attack; refuse it rather than exhaust memory.
-MAX_FEED_BYTES = 512 * 1024 * 1024
 
 
 class RefreshOutcome(StrEnum):
