@@ -581,7 +581,7 @@ def _feed(s: _Section, base: Path, issuers: Mapping[str, IssuerConfig]) -> FeedC
         _check_url(s, "source", source, ("https", "http"), plain_http)
     elif source.startswith("grpc://"):
         kind = "grpc"
-        _check_grpc_address(s, source)
+        _check_grpc_address(s, source, plain_http)
     elif "://" in source:
         raise s.error("source", "must be a file path, an http(s):// URL or a grpc://host:port")
     else:
@@ -617,10 +617,12 @@ def _feed(s: _Section, base: Path, issuers: Mapping[str, IssuerConfig]) -> FeedC
     return feed
 
 
-def _check_grpc_address(s: _Section, source: str) -> None:
+def _check_grpc_address(s: _Section, source: str, plain_http: bool) -> None:
     host, sep, port = source.removeprefix("grpc://").rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535 or "/" in host:
         raise s.error("source", f"must be grpc://host:port, got {source!r}")
+    # grpc:// is plaintext: the same rule as http:// applies.
+    _check_url(s, "source", f"http://{host}:{port}", ("http",), plain_http)
 
 
 def _response(s: _Section) -> ResponseConfig:

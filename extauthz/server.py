@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry
 from extauthz.config import Config, load_config
 from extauthz.decision_log import DecisionLog
 from extauthz.errors import FeedError
-from extauthz.feed.file_source import FileFeedSource, RefreshOutcome
+from extauthz.feed.file_source import FileFeedSource
+from extauthz.feed.sources import RefreshOutcome
 from extauthz.http_endpoints import HttpEndpoints
 from extauthz.metrics import Metrics
 from extauthz.service import AuthorizationServicer, CheckHandler, Runtime

@@ -924,6 +924,7 @@ def test_feed_source_may_be_a_grpc_address(tmp_path: Path) -> None:
         ({"source": "s3://bucket/feed"}, "feed.source", "must be a file path, an http(s)://"),
         ({"source": "grpc://host"}, "feed.source", "must be grpc://host:port"),
         ({"source": "grpc://host:99999"}, "feed.source", "must be grpc://host:port"),
+        ({"source": "grpc://perms.example.test:7070"}, "feed.source", "plain http:// is refused"),
         ({"source": "http://perms.example.test/f"}, "feed.source", "plain http:// is refused"),
         ({"retries": 2}, "feed.retries", "only applies to an http(s):// or grpc://"),
         ({"credentials_env": "X"}, "feed.credentials_env", "only applies"),

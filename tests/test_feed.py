@@ -11,8 +11,9 @@ from helpers import DATA, DEPLOY, write_feed
 
 from extauthz.errors import FeedError
 from extauthz.feed.cache import FeedCache, FeedState
-from extauthz.feed.file_source import FileFeedSource, RefreshOutcome
+from extauthz.feed.file_source import FileFeedSource
 from extauthz.feed.snapshot import FeedSnapshot, UserEntry, parse_feed
+from extauthz.feed.sources import RefreshOutcome
 from extauthz.permissions import GrantSet
 
 

@@ -27,11 +27,18 @@ class FeedCache:
     """Holds the live ``FeedState``. Readers take ``state`` once per request; writers
     replace it whole, so a request never sees half of one feed and half of another."""
 
-    def __init__(self) -> None:
+    def __init__(self, revocation_leeway: float = 0.0) -> None:
         self.state = FeedState()
+        # A revoked token stays refused until it is expired beyond the clock-skew leeway.
+        self.revocation_leeway = revocation_leeway
 
-    def accept(self, snapshot: FeedSnapshot, now: float) -> None:
-        self.state = FeedState(snapshot, now)
+    def accept(
+        self, snapshot: FeedSnapshot, now: float, *, fetched_at: float | None = None
+    ) -> None:
+        """Make ``snapshot`` current. ``fetched_at`` (default ``now``) is when it was read
+        from its source: a snapshot restored from disk is as old as its fetch."""
+        snapshot = snapshot.prune_expired(now, self.revocation_leeway)
+        self.state = FeedState(snapshot, now if fetched_at is None else fetched_at)
 
     def confirm(self, now: float) -> None:
         """The source still holds the snapshot we have: it counts as a fresh refresh."""

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from enum import StrEnum
 from pathlib import Path
 
 from extauthz.config import MAX_FEED_BYTES
 from extauthz.errors import FeedError
 from extauthz.feed.cache import FeedCache
 from extauthz.feed.snapshot import parse_feed
-
-
-class RefreshOutcome(StrEnum):
-    SUCCESS = "success"
-    NOT_MODIFIED = "not_modified"
-    ERROR = "error"
+from extauthz.feed.sources import RefreshOutcome
 
 
 class FileFeedSource:
@@ -25,16 +19,17 @@ class FileFeedSource:
     replaces the current one. Comparing content, not timestamps, means a same-size rewrite
     within the filesystem's timestamp granularity (a revocation, say) is never missed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = MAX_FEED_BYTES) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self._digest: bytes | None = None
 
     def refresh(self, cache: FeedCache, now: float) -> RefreshOutcome:
         """Refresh ``cache`` from the file. Raises FeedError; the cache is then untouched."""
         try:
             size = os.stat(self.path).st_size
-            if size > MAX_FEED_BYTES:
-                raise FeedError(f"{self.path}: {size} bytes is over {MAX_FEED_BYTES}")
+            if size > self.max_bytes:
+                raise FeedError(f"{self.path}: {size} bytes is over max_bytes {self.max_bytes}")
             raw = self.path.read_bytes()
         except OSError as err:
             raise FeedError(f"{self.path}: cannot read: {err.strerror or err}") from err
