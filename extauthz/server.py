@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -21,11 +22,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
-from extauthz.config import Config, load_config
+from extauthz.config import Config, FeedConfig, load_config
 from extauthz.decision_log import DecisionLog
 from extauthz.errors import FeedError
 from extauthz.feed.file_source import FileFeedSource
-from extauthz.feed.sources import RefreshOutcome
+from extauthz.feed.http_source import HttpFeedSource
+from extauthz.feed.last_good import load_snapshot, save_snapshot
+from extauthz.feed.sources import PolledFeedSource, RefreshOutcome, StreamedFeedSource
 from extauthz.http_endpoints import HttpEndpoints
 from extauthz.metrics import Metrics
 from extauthz.service import AuthorizationServicer, CheckHandler, Runtime
@@ -45,6 +48,17 @@ def load_key_sets(config: Config) -> dict[str, KeySet]:
     }
 
 
+def feed_source_for(feed: FeedConfig) -> PolledFeedSource | StreamedFeedSource:
+    if feed.kind == "http":
+        return HttpFeedSource(feed)
+    if feed.kind == "grpc":
+        # Imported by name: the streaming source lands separately (its generated stubs).
+        stream_source = importlib.import_module("extauthz.feed.stream_source")
+        streamed: StreamedFeedSource = stream_source.GrpcFeedSource(feed)
+        return streamed
+    return FileFeedSource(feed.path, feed.max_bytes)
+
+
 class Server:
     def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
         self.config = config
@@ -58,7 +72,9 @@ class Server:
             self.metrics.keys_refreshes.labels(issuer, "success").inc()
         self.metrics.track_feed_age(lambda: self.runtime.feed.state.age(time.time()))
         self.handler = CheckHandler(self.runtime, self.metrics, DecisionLog(sys.stdout))
-        self.feed_source = FileFeedSource(config.feed.path)
+        self.feed_source = feed_source_for(config.feed)
+        # Set when a new snapshot was accepted and not yet written to feed.snapshot_file.
+        self._snapshot_unsaved = False
         self.health = health_aio.HealthServicer()
         self.http = HttpEndpoints(self.metrics.registry, lambda: self.runtime.ready)
         self._grpc: grpc.aio.Server | None = None
@@ -68,25 +84,78 @@ class Server:
         self.http_port = 0
 
     def refresh_feed(self) -> RefreshOutcome:
+        """One refresh of a polled feed source (blocking: run it in a worker thread)."""
+        assert not isinstance(self.feed_source, StreamedFeedSource)
         try:
             outcome = self.feed_source.refresh(self.runtime.feed, time.time())
         except FeedError as err:
-            outcome = RefreshOutcome.ERROR
-            log.error("feed rejected; keeping the last good one", extra={"error": str(err)})
-        else:
-            snapshot = self.runtime.feed.state.snapshot
-            if outcome is RefreshOutcome.SUCCESS and snapshot is not None:
-                self.metrics.feed_users.set(len(snapshot.users))
-                log.info(
-                    "feed loaded",
-                    extra={"feed_version": snapshot.version, "users": len(snapshot.users)},
-                )
-        self.metrics.feed_refreshes.labels(outcome.value).inc()
+            self.record_feed(RefreshOutcome.ERROR, err)
+            return RefreshOutcome.ERROR
+        self.record_feed(outcome, None)
         return outcome
+
+    def record_feed(self, outcome: RefreshOutcome, error: FeedError | None) -> None:
+        """What any feed source reports: metrics, a log line, the snapshot to save."""
+        if error is not None:
+            log.error("feed rejected; keeping the last good one", extra={"error": str(error)})
+        snapshot = self.runtime.feed.state.snapshot
+        if outcome is RefreshOutcome.SUCCESS and snapshot is not None:
+            self._snapshot_unsaved = True
+            self._set_feed_gauges()
+            log.info(
+                "feed loaded",
+                extra={"feed_version": snapshot.version, "users": len(snapshot.users)},
+            )
+        self.metrics.feed_refreshes.labels(outcome.value).inc()
+
+    def _set_feed_gauges(self) -> None:
+        snapshot = self.runtime.feed.state.snapshot
+        if snapshot is not None:
+            self.metrics.feed_users.set(len(snapshot.users))
+            self.metrics.feed_revoked_tokens.set(len(snapshot.revoked_tokens))
+            self.metrics.feed_disabled_agents.set(len(snapshot.disabled_agents))
+
+    def restore_feed(self) -> None:
+        """Load the last-good snapshot, if one is configured and saved (blocking)."""
+        path = self.config.feed.snapshot_file
+        if path is None or self.runtime.feed.state.snapshot is not None:
+            return
+        try:
+            saved = load_snapshot(path)
+        except FeedError as err:
+            log.error("saved feed unusable; ignoring it", extra={"error": str(err)})
+            return
+        if saved is not None:
+            snapshot, fetched_at = saved
+            self.runtime.feed.accept(snapshot, time.time(), fetched_at=fetched_at)
+            self._set_feed_gauges()
+            log.info(
+                "saved feed restored",
+                extra={
+                    "feed_version": snapshot.version,
+                    "users": len(snapshot.users),
+                    "age_s": round(max(0.0, time.time() - fetched_at), 3),
+                },
+            )
+
+    def save_feed(self) -> None:
+        """Write the current snapshot to feed.snapshot_file if it changed (blocking)."""
+        path = self.config.feed.snapshot_file
+        state = self.runtime.feed.state
+        if path is None or not self._snapshot_unsaved or state.snapshot is None:
+            return
+        self._snapshot_unsaved = False
+        try:
+            save_snapshot(path, state.snapshot, state.refreshed_at or time.time())
+        except OSError as err:
+            self._snapshot_unsaved = True
+            log.error("cannot save the feed snapshot", extra={"path": str(path), "error": str(err)})
 
     async def start(self) -> None:
         # A large feed takes a moment to parse; do it off the event loop.
-        await asyncio.to_thread(self.refresh_feed)
+        await asyncio.to_thread(self.restore_feed)
+        if not isinstance(self.feed_source, StreamedFeedSource):
+            await asyncio.to_thread(self.refresh_feed)
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
@@ -106,6 +175,13 @@ class Server:
         await self._grpc.start()
         self.http_port = await self.http.start(self.config.server.http_listen)
         await self._update_health()
+        if isinstance(self.feed_source, StreamedFeedSource):
+            self._tasks.append(
+                asyncio.create_task(
+                    self.feed_source.run(self.runtime.feed, self._streamed_report, time.time),
+                    name="feed-stream",
+                )
+            )
         self._tasks.append(asyncio.create_task(self._feed_loop(), name="feed-refresh"))
         log.info(
             "serving",
@@ -129,14 +205,24 @@ class Server:
         await self.health.set("", status)
         await self.health.set(AUTHORIZATION_SERVICE, status)
 
+    def _streamed_report(self, outcome: RefreshOutcome, error: FeedError | None) -> None:
+        self.record_feed(outcome, error)
+        if outcome is RefreshOutcome.SUCCESS:
+            self._tasks.append(asyncio.create_task(self._update_health()))
+
     async def _feed_loop(self) -> None:
+        """Polls a polled source; for every kind, keeps health current and saves the
+        snapshot (at most once a refresh interval, however often a stream changes it)."""
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.config.feed.refresh)
             if self._stopping.is_set():
                 return
-            await asyncio.to_thread(self.refresh_feed)
+            if not isinstance(self.feed_source, StreamedFeedSource):
+                await asyncio.to_thread(self.refresh_feed)
+            await asyncio.to_thread(self.save_feed)
             await self._update_health()
+            self._tasks = [t for t in self._tasks if not t.done()]
 
     async def stop(self) -> None:
         self._stopping.set()

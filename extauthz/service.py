@@ -33,7 +33,7 @@ class Runtime:
     def __init__(self, config: Config, key_sets: Mapping[str, KeySet]) -> None:
         self.config = config
         self.key_sets = key_sets
-        self.feed = FeedCache()
+        self.feed = FeedCache(revocation_leeway=config.tokens.leeway)
 
     def view(self) -> PolicyView:
         return PolicyView(self.config, self.key_sets, self.feed.state)

@@ -435,3 +435,34 @@ def test_revocations_of_expired_tokens_are_pruned_but_leeway_keeps_them() -> Non
 def test_pruning_with_nothing_expired_returns_the_same_snapshot() -> None:
     snapshot = FeedSnapshot("1", {}, revoked_tokens={"new": 500.0})
     assert snapshot.prune_expired(now=200.0, leeway=0.0) is snapshot
+
+
+# --- the last-good snapshot on disk ------------------------------------------------------
+
+
+def test_saved_snapshot_reads_back_equal_with_its_fetch_time(tmp_path: Path) -> None:
+    from extauthz.feed.last_good import load_snapshot, save_snapshot
+
+    snapshot = FeedSnapshot(
+        "12",
+        {"alice": UserEntry(GrantSet(["tickets:*"])), "bob": UserEntry(GrantSet([]), True)},
+        disabled_agents=frozenset({"helpdesk-bot"}),
+        revoked_tokens={"jti-1": 1_800_000_000.0},
+    )
+    path = tmp_path / "state" / "feed.json"
+    save_snapshot(path, snapshot, 1234.5)
+    assert load_snapshot(path) == (snapshot, 1234.5)
+    assert [p.name for p in path.parent.iterdir()] == ["feed.json"]  # no temporary left
+
+
+def test_no_saved_snapshot_yet_is_none_and_a_bad_one_is_a_feed_error(tmp_path: Path) -> None:
+    from extauthz.feed.last_good import load_snapshot
+
+    assert load_snapshot(tmp_path / "absent.json") is None
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"feed": {"version": "1", "users": {}}}')
+    with pytest.raises(FeedError, match="needs fetched_at and feed"):
+        load_snapshot(bad)
+    bad.write_text('{"fetched_at": 1, "feed": {"version": "1", "users": {"a": 1}}}')
+    with pytest.raises(FeedError, match="users.a: must be an object"):
+        load_snapshot(bad)

@@ -18,6 +18,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import AUDIENCE, bearer, check_request, make_deployment, write_feed
+from local_http import Reply, local_http_server
 from prometheus_client import CollectorRegistry
 
 from extauthz.config import Config, load_config
@@ -322,3 +323,153 @@ async def test_busy_grpc_port_fails_start(tmp_path: Path, issuer: LocalIssuer) -
         await second.stop()
     finally:
         await first.stop()
+
+
+# --- an HTTP feed and the last-good snapshot ----------------------------------------------
+
+
+def http_feed_config(
+    dest: Path, issuer: LocalIssuer, url: str, snapshot: Path | None, staleness: str = "30s"
+) -> Config:
+    def edit(d: dict[str, Any]) -> None:
+        d["server"] = {"grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0"}
+        d["feed"] = {
+            "source": url,
+            "refresh": "50ms",
+            "max_staleness": staleness,
+            "timeout": "1s",
+            "retries": 0,
+        }
+        if snapshot is not None:
+            d["feed"]["snapshot_file"] = str(snapshot)
+
+    return load_config(make_deployment(dest, issuer, edit))
+
+
+def feed_json(version: str, users: dict[str, Any]) -> bytes:
+    return json.dumps({"version": version, "users": users}).encode()
+
+
+async def test_http_feed_is_fetched_and_saved_as_the_last_good_snapshot(
+    tmp_path: Path, issuer: LocalIssuer
+) -> None:
+    with local_http_server() as feed_server:
+        feed_server.replies["/feed"] = Reply(body=feed_json("7", FEED_USERS), headers={"ETag": "a"})
+        saved = tmp_path / "state" / "feed.json"
+        config = http_feed_config(tmp_path / "x", issuer, feed_server.url("/feed"), saved)
+        server = Server(config, CollectorRegistry())
+        await server.start()
+        try:
+            assert server.runtime.ready
+            state = server.runtime.feed.state
+            assert state.snapshot is not None and state.snapshot.version == "7"
+
+            async def written() -> bool:
+                return saved.exists()
+
+            await eventually(written)
+
+            async def confirmed_by_304() -> bool:
+                value = sample(server, "extauthz_feed_refresh_total", {"outcome": "not_modified"})
+                return value is not None and value >= 1
+
+            feed_server.replies["/feed"] = Reply(304, headers={"ETag": "a"})
+            await eventually(confirmed_by_304)
+        finally:
+            await server.stop()
+    document = json.loads(saved.read_bytes())
+    assert document["feed"]["version"] == "7"
+    assert document["feed"]["users"]["alice"]["permissions"] == ["tickets:read", "tickets:write"]
+
+
+async def test_restart_during_a_feed_outage_serves_the_saved_snapshot(
+    tmp_path: Path, issuer: LocalIssuer
+) -> None:
+    saved = tmp_path / "feed.json"
+    with local_http_server() as feed_server:
+        feed_server.replies["/feed"] = Reply(body=feed_json("7", FEED_USERS))
+        config = http_feed_config(tmp_path / "x", issuer, feed_server.url("/feed"), saved)
+        first = Server(config, CollectorRegistry())
+        await first.start()
+
+        async def written() -> bool:
+            return saved.exists()
+
+        await eventually(written)
+        await first.stop()
+        url = feed_server.url("/feed")
+    # The feed server is gone now: a new process must come up ready from the saved file.
+    server = Server(http_feed_config(tmp_path / "y", issuer, url, saved), CollectorRegistry())
+    await server.start()
+    try:
+        assert server.runtime.ready
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            allowed = await grpc_check(
+                channel, check_request(headers=bearer(delegated_token(issuer)))
+            )
+        assert allowed.status.code == code_pb2.OK
+        assert sample(server, "extauthz_feed_refresh_total", {"outcome": "error"}) == 1.0
+    finally:
+        await server.stop()
+
+
+async def test_a_saved_snapshot_older_than_max_staleness_does_not_allow_delegated_calls(
+    tmp_path: Path, issuer: LocalIssuer
+) -> None:
+    saved = tmp_path / "feed.json"
+    saved.write_text(
+        json.dumps(
+            {"fetched_at": time.time() - 3600, "feed": {"version": "7", "users": FEED_USERS}}
+        )
+    )
+    url = "http://127.0.0.1:1/feed"  # nothing listens there
+    server = Server(http_feed_config(tmp_path / "y", issuer, url, saved), CollectorRegistry())
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            denied = await grpc_check(
+                channel, check_request(headers=bearer(delegated_token(issuer)))
+            )
+        assert denied.denied_response.status.code == 503
+        age = sample(server, "extauthz_feed_age_seconds")
+        assert age is not None and age > 3000
+    finally:
+        await server.stop()
+
+
+async def test_a_corrupt_saved_snapshot_is_ignored_and_the_source_is_used(
+    tmp_path: Path, issuer: LocalIssuer
+) -> None:
+    saved = tmp_path / "feed.json"
+    saved.write_text('{"fetched_at": 1, "feed": {"version": "7", "users": [')
+    with local_http_server() as feed_server:
+        feed_server.replies["/feed"] = Reply(body=feed_json("8", FEED_USERS))
+        config = http_feed_config(tmp_path / "x", issuer, feed_server.url("/feed"), saved)
+        server = Server(config, CollectorRegistry())
+        await server.start()
+        try:
+            state = server.runtime.feed.state
+            assert state.snapshot is not None and state.snapshot.version == "8"
+        finally:
+            await server.stop()
+
+
+async def test_feed_revocations_and_disabled_agents_are_exported_as_gauges(
+    tmp_path: Path, issuer: LocalIssuer
+) -> None:
+    document = {
+        "version": "9",
+        "users": FEED_USERS,
+        "agents": {"support-agent": {"disabled": True}},
+        "revoked_tokens": {"a": time.time() + 600, "b": time.time() + 600, "old": 1000},
+    }
+    with local_http_server() as feed_server:
+        feed_server.replies["/feed"] = Reply(body=json.dumps(document).encode())
+        config = http_feed_config(tmp_path / "x", issuer, feed_server.url("/feed"), None)
+        server = Server(config, CollectorRegistry())
+        await server.start()
+        try:
+            assert sample(server, "extauthz_feed_revoked_tokens") == 2.0
+            assert sample(server, "extauthz_feed_disabled_agents") == 1.0
+        finally:
+            await server.stop()

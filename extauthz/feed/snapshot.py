@@ -51,6 +51,23 @@ class FeedSnapshot:
         return replace(self, revoked_tokens=keep)
 
 
+def feed_document(snapshot: FeedSnapshot) -> dict[str, object]:
+    """The JSON document ``parse_feed`` reads, for this snapshot."""
+    return {
+        "version": snapshot.version,
+        "users": {
+            user_id: (
+                {"permissions": sorted(entry.permissions.grants), "disabled": True}
+                if entry.disabled
+                else {"permissions": sorted(entry.permissions.grants)}
+            )
+            for user_id, entry in snapshot.users.items()
+        },
+        "agents": {agent_id: {"disabled": True} for agent_id in sorted(snapshot.disabled_agents)},
+        "revoked_tokens": dict(snapshot.revoked_tokens),
+    }
+
+
 def parse_feed(raw: bytes, source: str) -> FeedSnapshot:
     """Parse and validate a feed document. Raises FeedError saying where and what is wrong."""
     try:
@@ -59,6 +76,11 @@ def parse_feed(raw: bytes, source: str) -> FeedSnapshot:
         document = loads_strict(raw, fold_names=False)
     except (ValueError, RecursionError) as err:
         raise FeedError(f"{source}: not valid JSON: {err}") from err
+    return snapshot_from_document(document, source)
+
+
+def snapshot_from_document(document: object, source: str) -> FeedSnapshot:
+    """Validate an already-parsed feed document. Raises FeedError."""
     if not isinstance(document, dict):
         raise FeedError(f"{source}: must be a JSON object")
     unknown = sorted(set(document) - _TOP_KEYS)

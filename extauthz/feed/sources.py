@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from extauthz.errors import FeedError
 from extauthz.feed.cache import FeedCache
@@ -22,6 +22,7 @@ class RefreshOutcome(StrEnum):
     ERROR = "error"
 
 
+@runtime_checkable
 class PolledFeedSource(Protocol):
     def refresh(self, cache: FeedCache, now: float) -> RefreshOutcome:
         """Bring ``cache`` up to date. Raises FeedError; the cache is then untouched.
@@ -33,6 +34,7 @@ class PolledFeedSource(Protocol):
 FeedReport = Callable[[RefreshOutcome, FeedError | None], None]
 
 
+@runtime_checkable
 class StreamedFeedSource(Protocol):
     async def run(self, cache: FeedCache, report: FeedReport, clock: Callable[[], float]) -> None:
         """Keep ``cache`` current until cancelled, reconnecting as needed; never returns
