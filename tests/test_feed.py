@@ -464,5 +464,5 @@ def test_no_saved_snapshot_yet_is_none_and_a_bad_one_is_a_feed_error(tmp_path: P
     with pytest.raises(FeedError, match="needs fetched_at and feed"):
         load_snapshot(bad)
     bad.write_text('{"fetched_at": 1, "feed": {"version": "1", "users": {"a": 1}}}')
-    with pytest.raises(FeedError, match="users.a: must be an object"):
+    with pytest.raises(FeedError, match=r"users\.a: must be an object"):
         load_snapshot(bad)
