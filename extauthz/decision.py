@@ -73,7 +73,7 @@ class _Trace:
         self.scope_has: bool | None = None
         self.lacking: tuple[str, ...] = ()
 
-    def decision(self, reason: Reason) -> Decision:
+    def decision(self, reason: Reason, refetch_keys_of: str | None = None) -> Decision:
         return Decision(
             reason,
             identity=self.identity,
@@ -89,6 +89,7 @@ class _Trace:
             user_has=self.user_has,
             scope_has=self.scope_has,
             lacking=self.lacking,
+            refetch_keys_of=refetch_keys_of,
         )
 
 
@@ -123,7 +124,7 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
         )
         return trace.decision(_check_permission(trace, match, actors, user_grants, identity))
     except Denied as denied:
-        return trace.decision(denied.reason)
+        return trace.decision(denied.reason, denied.refetch_keys_of)
 
 
 def _check_not_revoked(jti: str | None, issuer: str, feed: FeedState, config: Config) -> None:

@@ -115,6 +115,10 @@ class FeedError(ExtauthzError):
     """A user-permission feed could not be read or failed validation; the last good one stays."""
 
 
+class KeysError(ExtauthzError):
+    """An issuer's keys could not be fetched or were invalid; the last good ones stay."""
+
+
 class Denied(ExtauthzError):
     """A request is refused. ``reason`` fixes the status and challenge through ``OUTCOMES``.
 
@@ -122,9 +126,14 @@ class Denied(ExtauthzError):
     it is never sent to the client.
     """
 
-    def __init__(self, reason: Reason, detail: str = "") -> None:
+    def __init__(
+        self, reason: Reason, detail: str = "", *, refetch_keys_of: str | None = None
+    ) -> None:
         self.reason = reason
         self.detail = detail
+        # The configured issuer whose keys lacked what the token needs: fetching that
+        # issuer's keys again may turn this deny into an answer (key rotation).
+        self.refetch_keys_of = refetch_keys_of
         super().__init__(f"{reason}: {detail}" if detail else str(reason))
 
     @property

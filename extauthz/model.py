@@ -65,6 +65,8 @@ class Decision:
     user_has: bool | None = None
     scope_has: bool | None = None
     lacking: tuple[str, ...] = ()
+    # Not audited: the issuer whose keys to fetch again before this deny is final.
+    refetch_keys_of: str | None = None
 
     @property
     def allowed(self) -> bool:

@@ -30,6 +30,7 @@ from extauthz.feed.http_source import HttpFeedSource
 from extauthz.feed.last_good import load_snapshot, save_snapshot
 from extauthz.feed.sources import PolledFeedSource, RefreshOutcome, StreamedFeedSource
 from extauthz.http_endpoints import HttpEndpoints
+from extauthz.key_refresh import KeyRefresher
 from extauthz.metrics import Metrics
 from extauthz.service import AuthorizationServicer, CheckHandler, Runtime
 from extauthz.tokens.keys import KeySet, load_jwks_file
@@ -67,11 +68,15 @@ class Server:
         self.metrics.set_config(config.policy_version, config.mode)
         keys_loaded_at = time.time()
         for issuer, key_set in self.runtime.key_sets.items():
+            # Keys from a file are read once, at start: they are as old as the process.
             self.metrics.issuer_keys.labels(issuer).set(len(key_set.keys))
             self.metrics.track_issuer(issuer, lambda: time.time() - keys_loaded_at)
             self.metrics.keys_refreshes.labels(issuer, "success").inc()
+        self.keys = KeyRefresher(config.issuers.values(), self._publish_keys, self.metrics)
         self.metrics.track_feed_age(lambda: self.runtime.feed.state.age(time.time()))
-        self.handler = CheckHandler(self.runtime, self.metrics, DecisionLog(sys.stdout))
+        self.handler = CheckHandler(
+            self.runtime, self.metrics, DecisionLog(sys.stdout), refetch_keys=self.keys.refetch
+        )
         self.feed_source = feed_source_for(config.feed)
         # Set when a new snapshot was accepted and not yet written to feed.snapshot_file.
         self._snapshot_unsaved = False
@@ -152,10 +157,12 @@ class Server:
             log.error("cannot save the feed snapshot", extra={"path": str(path), "error": str(err)})
 
     async def start(self) -> None:
-        # A large feed takes a moment to parse; do it off the event loop.
+        # Keys and feed at once; a large feed takes a moment to parse, so off the loop.
+        keys_fetched = asyncio.create_task(self.keys.fetch_all())
         await asyncio.to_thread(self.restore_feed)
         if not isinstance(self.feed_source, StreamedFeedSource):
             await asyncio.to_thread(self.refresh_feed)
+        await keys_fetched
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
@@ -183,6 +190,7 @@ class Server:
                 )
             )
         self._tasks.append(asyncio.create_task(self._feed_loop(), name="feed-refresh"))
+        self._tasks.append(asyncio.create_task(self.keys.run(), name="keys-refresh"))
         log.info(
             "serving",
             extra={
@@ -204,6 +212,11 @@ class Server:
         )
         await self.health.set("", status)
         await self.health.set(AUTHORIZATION_SERVICE, status)
+
+    def _publish_keys(self, key_set: KeySet) -> None:
+        self.runtime.publish_keys(key_set)
+        if self._grpc is not None:  # serving: readiness may have changed
+            self._tasks.append(asyncio.create_task(self._update_health()))
 
     def _streamed_report(self, outcome: RefreshOutcome, error: FeedError | None) -> None:
         self.record_feed(outcome, error)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -27,24 +28,69 @@ from extauthz.tokens.keys import KeySet
 log = logging.getLogger("extauthz.service")
 
 
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The config and the keys it trusts, swapped together as one reference, so a check
+    never pairs one config's issuers with another's keys."""
+
+    config: Config
+    key_sets: Mapping[str, KeySet]
+
+
 class Runtime:
-    """The live state a check reads. Each part is replaced whole, never edited in place."""
+    """The live state a check reads. Each part is replaced whole, never edited in place;
+    replacements happen on the event loop, so read-modify-write needs no lock."""
 
     def __init__(self, config: Config, key_sets: Mapping[str, KeySet]) -> None:
-        self.config = config
-        self.key_sets = key_sets
+        self.policy = Policy(config, dict(key_sets))
         self.feed = FeedCache(revocation_leeway=config.tokens.leeway)
 
+    @property
+    def config(self) -> Config:
+        return self.policy.config
+
+    @property
+    def key_sets(self) -> Mapping[str, KeySet]:
+        return self.policy.key_sets
+
     def view(self) -> PolicyView:
-        return PolicyView(self.config, self.key_sets, self.feed.state)
+        policy = self.policy
+        return PolicyView(policy.config, policy.key_sets, self.feed.state)
+
+    def publish_keys(self, key_set: KeySet) -> None:
+        """Make ``key_set`` the keys of its issuer."""
+        policy = self.policy
+        self.policy = Policy(policy.config, {**policy.key_sets, key_set.issuer: key_set})
+
+    def swap_policy(self, config: Config, key_sets: Mapping[str, KeySet]) -> None:
+        self.policy = Policy(config, dict(key_sets))
+        self.feed.revocation_leeway = config.tokens.leeway
 
     @property
     def ready(self) -> bool:
         """Config, keys for every issuer, and a first feed are loaded. A feed that later
         goes stale keeps us ready: autonomous traffic still works, delegated gets 503."""
+        policy = self.policy
         return self.feed.state.snapshot is not None and all(
-            self.key_sets.get(i) is not None and self.key_sets[i].keys for i in self.config.issuers
+            policy.key_sets.get(i) is not None and policy.key_sets[i].keys
+            for i in policy.config.issuers
         )
+
+
+# Fetches an issuer's keys again; True when new keys were published.
+KeyRefetch = Callable[[str], Awaitable[bool]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One check decided but not yet answered."""
+
+    started: float
+    decision_id: str
+    request: RequestAttributes
+    view: PolicyView
+    now: float
+    decision: Decision
 
 
 class CheckHandler:
@@ -54,28 +100,70 @@ class CheckHandler:
         metrics: Metrics,
         decision_log: DecisionLog,
         clock: Callable[[], float] = time.time,
+        refetch_keys: KeyRefetch | None = None,
     ) -> None:
         self.runtime = runtime
         self.metrics = metrics
         self.decision_log = decision_log
         self.clock = clock
+        self.refetch_keys = refetch_keys
 
     def check(self, check: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
+        """Decide and answer one check from the keys at hand."""
+        return self._answer(self._decide(check))
+
+    async def check_refetching_keys(
+        self, check: external_auth_pb2.CheckRequest
+    ) -> external_auth_pb2.CheckResponse:
+        """As ``check``, but a token naming a key its issuer has not yet given us gets one
+        (rate-limited) refetch of that issuer's keys and is decided again: the first token
+        signed with a rotated-in key is not refused."""
+        pending = self._decide(check)
+        issuer = pending.decision.refetch_keys_of
+        if issuer is not None and self.refetch_keys is not None:
+            try:
+                refetched = await self.refetch_keys(issuer)
+            except Exception:  # a failed refetch leaves the deny as it is
+                log.exception("key refetch failed", extra={"decision_id": pending.decision_id})
+                refetched = False
+            if refetched:
+                pending.view, pending.now = self.runtime.view(), self.clock()
+                pending.decision = self._safe_decide(pending)
+        return self._answer(pending)
+
+    def _decide(self, check: external_auth_pb2.CheckRequest) -> _Pending:
         started = time.perf_counter()
-        decision_id = uuid.uuid4().hex
-        view = self.runtime.view()
-        now = self.clock()
-        request = _EMPTY_REQUEST
+        pending = _Pending(
+            started,
+            uuid.uuid4().hex,
+            _EMPTY_REQUEST,
+            self.runtime.view(),
+            self.clock(),
+            Decision(Reason.INTERNAL_ERROR),
+        )
         try:
-            request = request_from_check(check)
-            decision = decide(request, view, now)
+            pending.request = request_from_check(check)
         except Exception:  # the last line of defence: deny, log, keep serving
-            log.exception("check failed unexpectedly", extra={"decision_id": decision_id})
-            decision = Decision(Reason.INTERNAL_ERROR)
+            log.exception("check failed unexpectedly", extra={"decision_id": pending.decision_id})
+            return pending
+        pending.decision = self._safe_decide(pending)
+        return pending
+
+    def _safe_decide(self, pending: _Pending) -> Decision:
+        try:
+            return decide(pending.request, pending.view, pending.now)
+        except Exception:  # the last line of defence: deny, log, keep serving
+            log.exception("check failed unexpectedly", extra={"decision_id": pending.decision_id})
+            return Decision(Reason.INTERNAL_ERROR)
+
+    def _answer(self, pending: _Pending) -> external_auth_pb2.CheckResponse:
+        decision, decision_id, view = pending.decision, pending.decision_id, pending.view
         enforce = view.config.mode == "enforce"
         response = check_response(decision, decision_id, view.config.response, enforce=enforce)
-        elapsed = time.perf_counter() - started
-        record = self._record(decision, decision_id, request, view, now, elapsed, enforce)
+        elapsed = time.perf_counter() - pending.started
+        record = self._record(
+            decision, decision_id, pending.request, view, pending.now, elapsed, enforce
+        )
         try:
             self.decision_log.write(record)
         except (OSError, ValueError):
@@ -125,4 +213,4 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: object
     ) -> external_auth_pb2.CheckResponse:
-        return self.handler.check(request)
+        return await self.handler.check_refetching_keys(request)

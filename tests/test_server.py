@@ -473,3 +473,85 @@ async def test_feed_revocations_and_disabled_agents_are_exported_as_gauges(
             assert sample(server, "extauthz_feed_disabled_agents") == 1.0
         finally:
             await server.stop()
+
+
+# --- keys from a JWKS URL -------------------------------------------------------------------
+
+
+def jwks_url_config(dest: Path, issuer: LocalIssuer, url: str) -> Config:
+    def edit(d: dict[str, Any]) -> None:
+        d["server"] = {"grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0"}
+        d["feed"] = {"source": "feed/users.json", "refresh": "50ms", "max_staleness": "30s"}
+        entry = d["issuers"][0]
+        entry.pop("jwks_file")
+        entry.update(jwks_url=url, fetch_timeout="1s", unknown_kid_refetch="10s")
+
+    return load_config(make_deployment(dest, None, edit))
+
+
+async def test_keys_down_at_start_means_not_ready_until_they_come(
+    tmp_path: Path, issuer: LocalIssuer
+) -> None:
+    with local_http_server() as idp:
+        idp.replies["/jwks"] = Reply(503)
+        server = Server(jwks_url_config(tmp_path, issuer, idp.url("/jwks")), CollectorRegistry())
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                assert await health(channel) == NOT_SERVING
+                unavailable = await grpc_check(
+                    channel, check_request(headers=bearer(delegated_token(issuer)))
+                )
+                assert unavailable.denied_response.status.code == 503
+                idp.replies["/jwks"] = Reply(body=json.dumps(issuer.jwks()).encode())
+
+                async def serving() -> bool:
+                    return await health(channel) == SERVING
+
+                await eventually(serving)
+                allowed = await grpc_check(
+                    channel, check_request(headers=bearer(delegated_token(issuer)))
+                )
+                assert allowed.status.code == code_pb2.OK
+        finally:
+            await server.stop()
+
+
+async def test_a_token_signed_with_a_rotated_in_key_is_allowed_on_its_first_request(
+    tmp_path: Path,
+) -> None:
+    idp_keys = LocalIssuer()
+    with local_http_server() as idp:
+        idp.replies["/jwks"] = Reply(body=json.dumps(idp_keys.jwks()).encode())
+        server = Server(jwks_url_config(tmp_path, idp_keys, idp.url("/jwks")), CollectorRegistry())
+        await server.start()
+        try:
+            assert server.runtime.ready
+            # The IdP rotates: a new key is published and used at once, the old one retired.
+            idp_keys.keys["rsa-2"] = idp_keys.keys.pop("rsa-1")
+            idp.replies["/jwks"] = Reply(body=json.dumps(idp_keys.jwks()).encode())
+            token = idp_keys.token(
+                sub="alice",
+                audience=AUDIENCE,
+                scope="tickets:read",
+                client_id="support-agent",
+                kid="rsa-2",
+            )
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                allowed = await grpc_check(channel, check_request(headers=bearer(token)))
+                made_up = idp_keys.token(
+                    sub="alice",
+                    audience=AUDIENCE,
+                    client_id="support-agent",
+                    kid="rsa-2",
+                    header={"kid": "made-up"},
+                )
+                denied = await grpc_check(channel, check_request(headers=bearer(made_up)))
+            assert allowed.status.code == code_pb2.OK
+            assert denied.denied_response.status.code == 401
+            # One fetch at start, one for rsa-2; the made-up kid is inside the rate limit.
+            assert len(idp.paths_requested("/jwks")) == 2
+            labels = {"issuer": "https://idp.example.test", "outcome": "success"}
+            assert sample(server, "extauthz_keys_refresh_total", labels) == 2.0
+        finally:
+            await server.stop()

@@ -104,11 +104,20 @@ def verify_signature(
 
     key_set = key_sets.get(issuer_config.issuer)
     if key_set is None or not key_set.keys:
-        raise ServiceUnavailable(Reason.KEYS_UNAVAILABLE, "no keys loaded for the issuer")
+        raise ServiceUnavailable(
+            Reason.KEYS_UNAVAILABLE,
+            "no keys loaded for the issuer",
+            refetch_keys_of=issuer_config.issuer,
+        )
     kid = header.get("kid")
     key = key_set.keys.get(kid) if isinstance(kid, str) else None
     if key is None:
-        raise TokenRejected(Reason.KEY_UNKNOWN, "kid does not name a configured key")
+        raise TokenRejected(
+            Reason.KEY_UNKNOWN,
+            "kid does not name a configured key",
+            # Only a kid that could be a new key is worth asking the issuer about.
+            refetch_keys_of=issuer_config.issuer if isinstance(kid, str) and kid else None,
+        )
     if not key.fits(alg):
         raise TokenRejected(Reason.TOKEN_ALGORITHM_NOT_ALLOWED, f"key {kid!r} is not for {alg}")
 
