@@ -12,10 +12,11 @@ request per interval. Key sets are published whole through ``publish``, on the e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from extauthz.config import IssuerConfig
 from extauthz.errors import KeysError
@@ -55,6 +56,7 @@ class KeyRefresher:
         self._issuers = {i.issuer: _IssuerState(i) for i in issuers if i.key_source != "file"}
         for issuer, state in self._issuers.items():
             metrics.track_issuer(issuer, functools.partial(_age, state))
+        self._changed = asyncio.Event()
 
     @property
     def issuers(self) -> tuple[str, ...]:
@@ -72,9 +74,56 @@ class KeyRefresher:
             if due:
                 await asyncio.gather(*(self._fetch(s) for s in due))
                 continue
-            if not self._issuers:
-                await asyncio.Event().wait()  # nothing to refresh: wait for cancellation
-            await asyncio.sleep(min(s.next_refresh for s in self._issuers.values()) - now)
+            wait = min((s.next_refresh for s in self._issuers.values()), default=now + 3600)
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait - now)
+
+    async def reconfigure(
+        self, issuers: Iterable[IssuerConfig], current: Mapping[str, KeySet]
+    ) -> dict[str, KeySet]:
+        """Adopt a reloaded policy's issuers and return the keys of every remote one.
+
+        Issuers that are new, or whose keys are now fetched differently, are fetched at
+        once; when one cannot be, KeysError names it and nothing changes, so a reload
+        never swaps in an issuer without keys. The others keep their keys and schedule.
+        """
+        adopted: dict[str, _IssuerState] = {}
+        keys: dict[str, KeySet] = {}
+        to_fetch: list[_IssuerState] = []
+        for config in issuers:
+            if config.key_source == "file":
+                continue
+            state = self._issuers.get(config.issuer)
+            if state is not None and _fetch_settings(state.config) == _fetch_settings(config):
+                state.config = config
+                adopted[config.issuer] = state
+                if config.issuer in current:
+                    keys[config.issuer] = current[config.issuer]
+            else:
+                to_fetch.append(_IssuerState(config))
+        results = await asyncio.gather(
+            *(asyncio.to_thread(s.remote.fetch) for s in to_fetch), return_exceptions=True
+        )
+        for state, result in zip(to_fetch, results, strict=True):
+            if isinstance(result, KeysError):
+                raise KeysError(f"issuer {state.config.issuer!r}: {result}") from result
+            if isinstance(result, BaseException):
+                raise result
+            assert result.key_set is not None  # a first fetch has nothing to be unchanged from
+            self._scheduled(state, result.max_age)
+            adopted[state.config.issuer] = state
+            keys[state.config.issuer] = result.key_set
+        for issuer in set(self._issuers) - set(adopted):
+            self._metrics.keys_age.remove(issuer)
+        for state in to_fetch:
+            issuer = state.config.issuer
+            self._metrics.track_issuer(issuer, functools.partial(_age, state))
+            self._metrics.keys_refreshes.labels(issuer, "success").inc()
+            self._metrics.issuer_keys.labels(issuer).set(len(keys[issuer].keys))
+        self._issuers = adopted
+        self._changed.set()
+        return keys
 
     async def refetch(self, issuer: str) -> bool:
         """Fetch ``issuer``'s keys again for a token they could not verify, within the
@@ -94,6 +143,17 @@ class KeyRefresher:
         except TimeoutError:
             return False
 
+    @staticmethod
+    def _scheduled(state: _IssuerState, max_age: float | None) -> float:
+        """Record a successful fetch and schedule the next; returns the interval."""
+        config = state.config
+        interval = config.keys_refresh if max_age is None else max_age
+        interval = min(max(interval, config.keys_refresh_min), config.keys_refresh_max)
+        state.next_refresh = time.monotonic() + interval
+        state.retry_delay = _RETRY_FIRST
+        state.fetched_at = time.time()
+        return interval
+
     async def _fetch(self, state: _IssuerState) -> bool:
         issuer = state.config.issuer
         try:
@@ -107,12 +167,9 @@ class KeyRefresher:
                 extra={"issuer": issuer, "error": str(err)},
             )
             return False
-        config = state.config
-        interval = config.keys_refresh if fetched.max_age is None else fetched.max_age
-        interval = min(max(interval, config.keys_refresh_min), config.keys_refresh_max)
-        state.next_refresh = time.monotonic() + interval
-        state.retry_delay = _RETRY_FIRST
-        state.fetched_at = time.time()
+        if self._issuers.get(issuer) is not state:
+            return False  # a reload replaced this issuer while the fetch was under way
+        interval = self._scheduled(state, fetched.max_age)
         if fetched.key_set is None:
             self._metrics.keys_refreshes.labels(issuer, "not_modified").inc()
             return False
@@ -129,6 +186,18 @@ class KeyRefresher:
             },
         )
         return True
+
+
+def _fetch_settings(config: IssuerConfig) -> tuple[object, ...]:
+    return (
+        config.jwks_url,
+        config.discovery,
+        config.keys_refresh,
+        config.keys_refresh_min,
+        config.keys_refresh_max,
+        config.fetch_timeout,
+        config.ca_file,
+    )
 
 
 def _age(state: _IssuerState) -> float | None:

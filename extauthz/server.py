@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from extauthz.config import Config, FeedConfig, load_config
 from extauthz.decision_log import DecisionLog
-from extauthz.errors import FeedError
+from extauthz.errors import ConfigError, FeedError, KeysError
 from extauthz.feed.file_source import FileFeedSource
 from extauthz.feed.http_source import HttpFeedSource
 from extauthz.feed.last_good import load_snapshot, save_snapshot
@@ -32,6 +32,7 @@ from extauthz.feed.sources import PolledFeedSource, RefreshOutcome, StreamedFeed
 from extauthz.http_endpoints import HttpEndpoints
 from extauthz.key_refresh import KeyRefresher
 from extauthz.metrics import Metrics
+from extauthz.reload import load_reload, watched_digest
 from extauthz.service import AuthorizationServicer, CheckHandler, Runtime
 from extauthz.tokens.keys import KeySet, load_jwks_file
 
@@ -62,7 +63,6 @@ def feed_source_for(feed: FeedConfig) -> PolledFeedSource | StreamedFeedSource:
 
 class Server:
     def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
-        self.config = config
         self.runtime = Runtime(config, load_key_sets(config))
         self.metrics = Metrics(registry or CollectorRegistry())
         self.metrics.set_config(config.policy_version, config.mode)
@@ -82,11 +82,18 @@ class Server:
         self._snapshot_unsaved = False
         self.health = health_aio.HealthServicer()
         self.http = HttpEndpoints(self.metrics.registry, lambda: self.runtime.ready)
+        self._watched = b""
+        self._reload_lock = asyncio.Lock()
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.grpc_port = 0
         self.http_port = 0
+
+    @property
+    def config(self) -> Config:
+        """The running config (it changes on reload)."""
+        return self.runtime.config
 
     def refresh_feed(self) -> RefreshOutcome:
         """One refresh of a polled feed source (blocking: run it in a worker thread)."""
@@ -191,6 +198,9 @@ class Server:
             )
         self._tasks.append(asyncio.create_task(self._feed_loop(), name="feed-refresh"))
         self._tasks.append(asyncio.create_task(self.keys.run(), name="keys-refresh"))
+        self._watched = await asyncio.to_thread(watched_digest, self.config)
+        if self.config.server.reload_check > 0:
+            self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
         log.info(
             "serving",
             extra={
@@ -212,6 +222,57 @@ class Server:
         )
         await self.health.set("", status)
         await self.health.set(AUTHORIZATION_SERVICE, status)
+
+    async def reload(self, trigger: str) -> bool:
+        """Load the config file again and swap it in whole; on any problem keep the
+        running policy. True when the new policy is in force."""
+        async with self._reload_lock:
+            running = self.config
+            self._watched = await asyncio.to_thread(watched_digest, running)
+            try:
+                reloaded = await asyncio.to_thread(load_reload, running)
+                remote_keys = await self.keys.reconfigure(
+                    reloaded.config.issuers.values(), self.runtime.key_sets
+                )
+            except (ConfigError, KeysError) as err:
+                self.metrics.config_reloads.labels("error").inc()
+                log.error(
+                    "config rejected; keeping the running policy",
+                    extra={"trigger": trigger, "error": str(err)},
+                )
+                return False
+            config = reloaded.config
+            self.runtime.swap_policy(config, {**reloaded.file_key_sets, **remote_keys})
+            for issuer, key_set in reloaded.file_key_sets.items():
+                self.metrics.issuer_keys.labels(issuer).set(len(key_set.keys))
+            self.metrics.set_config(config.policy_version, config.mode)
+            self.metrics.config_reloads.labels("success").inc()
+            self.metrics.config_restart_required.set(1 if reloaded.restart_required else 0)
+            log.info(
+                "config reloaded",
+                extra={
+                    "trigger": trigger,
+                    "policy_version": config.policy_version,
+                    "previous_policy_version": running.policy_version,
+                    "mode": config.mode,
+                },
+            )
+            if reloaded.restart_required:
+                log.warning(
+                    "config changes need a restart to take effect; running values kept",
+                    extra={"keys": list(reloaded.restart_required)},
+                )
+            await self._update_health()
+            return True
+
+    async def _watch_config(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.server.reload_check)
+            if self._stopping.is_set():
+                return
+            if await asyncio.to_thread(watched_digest, self.config) != self._watched:
+                await self.reload("file_change")
 
     def _publish_keys(self, key_set: KeySet) -> None:
         self.runtime.publish_keys(key_set)
@@ -260,6 +321,14 @@ async def serve(config_path: str) -> None:
     # Before start: a SIGTERM that arrives just after "serving" is logged must still drain.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload_on_sighup() -> None:
+        task = asyncio.create_task(server.reload("sighup"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_on_sighup)
     await server.start()
     await stop.wait()
     log.info("shutting down", extra={"grace_s": server.config.server.shutdown_grace})

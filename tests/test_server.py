@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -553,5 +554,231 @@ async def test_a_token_signed_with_a_rotated_in_key_is_allowed_on_its_first_requ
             assert len(idp.paths_requested("/jwks")) == 2
             labels = {"issuer": "https://idp.example.test", "outcome": "success"}
             assert sample(server, "extauthz_keys_refresh_total", labels) == 2.0
+        finally:
+            await server.stop()
+
+
+# --- live policy reload -----------------------------------------------------------------------
+
+
+def reloading_config(dest: Path, issuer: LocalIssuer) -> Config:
+    def edit(d: dict[str, Any]) -> None:
+        d["server"] = {
+            "grpc_listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "reload_check": "20ms",
+        }
+        d["feed"] = {"source": "feed/users.json", "refresh": "50ms", "max_staleness": "30s"}
+
+    return load_config(make_deployment(dest, issuer, edit))
+
+
+def edit_config(config: Config, edit: Callable[[dict[str, Any]], None]) -> None:
+    data = yaml.safe_load(config.path.read_text())
+    edit(data)
+    replace_file(config.path, yaml.safe_dump(data).encode())
+
+
+def reloads(server: Server, outcome: str) -> float:
+    return sample(server, "extauthz_config_reload_total", {"outcome": outcome}) or 0.0
+
+
+async def test_disabling_an_agent_in_the_config_takes_effect_without_a_restart(
+    tmp_path: Path, issuer: LocalIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = Server(reloading_config(tmp_path, issuer), CollectorRegistry())
+    await server.start()
+    try:
+        before = server.config.policy_version
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            token = delegated_token(issuer)
+            assert (
+                await grpc_check(channel, check_request(headers=bearer(token)))
+            ).status.code == 0
+
+            def disable(d: dict[str, Any]) -> None:
+                d["agents"][0]["disabled"] = True
+
+            edit_config(server.config, disable)
+
+            async def reloaded() -> bool:
+                return reloads(server, "success") == 1.0
+
+            await eventually(reloaded)
+            denied = await grpc_check(channel, check_request(headers=bearer(token)))
+        assert denied.denied_response.status.code == 401
+        after = server.config.policy_version
+        assert after != before
+        info = {"policy_version": after, "mode": "enforce"}
+        assert sample(server, "extauthz_config_info", info) == 1.0
+        assert sample(server, "extauthz_config_restart_required") == 0.0
+    finally:
+        await server.stop()
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["reason"], x["policy_version"]) for x in lines] == [
+        ("allowed", before),
+        ("agent_disabled", after),
+    ]
+
+
+async def test_an_invalid_config_is_rejected_and_the_running_policy_keeps_serving(
+    tmp_path: Path, issuer: LocalIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server(reloading_config(tmp_path, issuer), CollectorRegistry())
+    await server.start()
+    try:
+        before = server.config
+        edit_config(server.config, lambda d: d["agents"][0].update(permisions=["x"]))
+
+        async def rejected() -> bool:
+            return reloads(server, "error") == 1.0
+
+        await eventually(rejected)
+        assert server.config is before
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            ok = await grpc_check(channel, check_request(headers=bearer(delegated_token(issuer))))
+        assert ok.status.code == 0
+        # Not retried while the file stays as it is.
+        await asyncio.sleep(0.1)
+        assert reloads(server, "error") == 1.0
+    finally:
+        await server.stop()
+    errors = [r for r in caplog.records if r.msg == "config rejected; keeping the running policy"]
+    assert errors and "agents[0].permisions: unknown key" in errors[0].__dict__["error"]
+    assert str(before.path) in errors[0].__dict__["error"]
+
+
+async def test_settings_that_need_a_restart_keep_their_running_values_and_are_reported(
+    tmp_path: Path, issuer: LocalIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server(reloading_config(tmp_path, issuer), CollectorRegistry())
+    await server.start()
+    try:
+
+        def change(d: dict[str, Any]) -> None:
+            d["server"]["grpc_listen"] = "127.0.0.1:1"
+            d["feed"]["refresh"] = "1s"
+            d["mode"] = "dry_run"
+
+        edit_config(server.config, change)
+
+        async def reloaded() -> bool:
+            return reloads(server, "success") == 1.0
+
+        await eventually(reloaded)
+        assert server.config.mode == "dry_run"  # live
+        assert server.config.server.grpc_listen == "127.0.0.1:0"  # kept
+        assert server.config.feed.refresh == 0.05  # kept
+        assert sample(server, "extauthz_config_restart_required") == 1.0
+    finally:
+        await server.stop()
+    warnings = [r for r in caplog.records if r.msg.startswith("config changes need a restart")]
+    assert warnings[0].__dict__["keys"] == ["server.grpc_listen", "feed.refresh"]
+
+
+async def test_a_rewritten_jwks_file_is_picked_up_by_reload(tmp_path: Path) -> None:
+    idp = LocalIssuer()
+    server = Server(reloading_config(tmp_path, idp), CollectorRegistry())
+    await server.start()
+    try:
+        idp.keys["rsa-2"] = idp.keys.pop("rsa-1")
+        jwks_file = server.config.issuers["https://idp.example.test"].jwks_file
+        assert jwks_file is not None
+        replace_file(jwks_file, json.dumps(idp.jwks()).encode())
+
+        async def reloaded() -> bool:
+            return reloads(server, "success") == 1.0
+
+        await eventually(reloaded)
+        token = idp.token(
+            sub="alice",
+            audience=AUDIENCE,
+            scope="tickets:read",
+            client_id="support-agent",
+            kid="rsa-2",
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            assert (
+                await grpc_check(channel, check_request(headers=bearer(token)))
+            ).status.code == 0
+    finally:
+        await server.stop()
+
+
+async def test_a_reload_adding_an_issuer_whose_keys_cannot_be_fetched_is_rejected(
+    tmp_path: Path, issuer: LocalIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server(reloading_config(tmp_path, issuer), CollectorRegistry())
+    await server.start()
+    try:
+
+        def add_issuer(d: dict[str, Any]) -> None:
+            d["issuers"].append(
+                {
+                    "issuer": "https://other.example.test",
+                    "jwks_url": "http://127.0.0.1:1/jwks",
+                    "algorithms": ["RS256"],
+                    "fetch_timeout": "1s",
+                }
+            )
+            for agent in d["agents"]:
+                agent["issuer"] = "https://idp.example.test"
+            d["feed"]["issuer"] = "https://idp.example.test"
+
+        edit_config(server.config, add_issuer)
+
+        async def rejected() -> bool:
+            return reloads(server, "error") == 1.0
+
+        await eventually(rejected)
+        assert list(server.config.issuers) == ["https://idp.example.test"]
+        assert server.runtime.ready
+    finally:
+        await server.stop()
+    errors = [r for r in caplog.records if r.msg == "config rejected; keeping the running policy"]
+    assert "issuer 'https://other.example.test'" in errors[0].__dict__["error"]
+
+
+async def test_reload_can_add_an_issuer_with_fetched_keys(
+    tmp_path: Path, issuer: LocalIssuer
+) -> None:
+    other = LocalIssuer("https://other.example.test")
+    with local_http_server() as idp:
+        idp.replies["/jwks"] = Reply(body=json.dumps(other.jwks()).encode())
+        server = Server(reloading_config(tmp_path, issuer), CollectorRegistry())
+        await server.start()
+        try:
+
+            def add_issuer(d: dict[str, Any]) -> None:
+                d["issuers"].append(
+                    {"issuer": other.issuer, "jwks_url": idp.url("/jwks"), "algorithms": ["RS256"]}
+                )
+                for agent in d["agents"]:
+                    agent["issuer"] = "https://idp.example.test"
+                d["agents"].append(
+                    {
+                        "id": "other-bot",
+                        "issuer": other.issuer,
+                        "permissions": ["tickets:read"],
+                        "autonomous": True,
+                        "delegated": False,
+                    }
+                )
+                d["feed"]["issuer"] = "https://idp.example.test"
+
+            edit_config(server.config, add_issuer)
+
+            async def reloaded() -> bool:
+                return reloads(server, "success") == 1.0
+
+            await eventually(reloaded)
+            token = other.token(
+                sub="other-bot", client_id="other-bot", audience=AUDIENCE, scope="tickets:read"
+            )
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                allowed = await grpc_check(channel, check_request(headers=bearer(token)))
+            assert allowed.status.code == 0
+            labels = {"issuer": other.issuer}
+            assert sample(server, "extauthz_issuer_keys", labels) == 3.0
         finally:
             await server.stop()
