@@ -33,9 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_config(path: str) -> int:
     # Imported here so that --version and argument errors stay fast.
     from extauthz.config import load_config
+    from extauthz.errors import KeysError
     from extauthz.feed.cache import FeedCache
     from extauthz.feed.file_source import FileFeedSource
-    from extauthz.server import load_key_sets
+    from extauthz.feed.http_source import HttpFeedSource
+    from extauthz.server import feed_source_for, load_key_sets
+    from extauthz.tokens.remote_keys import RemoteKeys
 
     try:
         config = load_config(path)
@@ -44,12 +47,24 @@ def _check_config(path: str) -> int:
         print(f"extauthz: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     keys = sum(len(k.keys) for k in key_sets.values())
-    # The feed is data, not config, and may be delivered after the config: a problem with
-    # it is a warning here (serve would start not-ready), not a config error.
-    try:
-        FileFeedSource(config.feed.path).refresh(FeedCache(), 0.0)
-    except FeedError as err:
-        print(f"extauthz: warning: {path}: feed.source: {err}", file=sys.stderr)
+    # Remote keys and the feed are data that may be out of reach from where this runs, or
+    # arrive after the config: a problem with them is a warning (serve would start
+    # not-ready), not a config error.
+    for issuer in config.issuers.values():
+        if issuer.key_source == "file":
+            continue
+        try:
+            fetched = RemoteKeys(issuer).fetch()
+        except KeysError as err:
+            print(f"extauthz: warning: {path}: issuer {issuer.issuer}: {err}", file=sys.stderr)
+        else:
+            keys += len(fetched.key_set.keys) if fetched.key_set else 0
+    source = feed_source_for(config.feed)
+    if isinstance(source, FileFeedSource | HttpFeedSource):
+        try:
+            source.refresh(FeedCache(), 0.0)
+        except FeedError as err:
+            print(f"extauthz: warning: {path}: feed.source: {err}", file=sys.stderr)
     print(
         f"{path}: ok (policy_version {config.policy_version}, mode {config.mode}, "
         f"{len(config.issuers)} issuer(s), {keys} key(s), {len(config.agents)} agent(s), "

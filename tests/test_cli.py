@@ -259,3 +259,45 @@ def test_check_config_warns_about_an_unreadable_feed_but_passes(
     assert "ok (policy_version" in captured.out
     assert "warning:" in captured.err
     assert "feed.source" in captured.err
+
+
+def test_sighup_reloads_the_config_of_a_running_serve(tmp_path: Path, issuer: LocalIssuer) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        d["server"] = {
+            "grpc_listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "shutdown_grace": "1s",
+            "reload_check": "0s",  # no watching: only the signal can reload
+        }
+
+    path = make_deployment(tmp_path, issuer, edit)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "extauthz", "serve", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if json.loads(line)["msg"] == "serving":
+                break
+        path.write_text(path.read_text().replace("mode: enforce", "mode: dry_run"))
+        process.send_signal(signal.SIGHUP)
+        reloaded = None
+        for line in process.stderr:
+            record = json.loads(line)
+            if record["msg"] == "config reloaded":
+                reloaded = record
+                break
+        assert reloaded is not None
+        assert reloaded["trigger"] == "sighup"
+        assert reloaded["mode"] == "dry_run"
+        assert reloaded["policy_version"] == load_config(path).policy_version
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
