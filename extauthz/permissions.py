@@ -48,7 +48,8 @@ class GrantSet:
                 patterns.append(tuple(grant.split(":")))
             else:
                 exact.add(grant)
-        self._exact = frozenset(exact)
+        # Without wildcards (the usual case) the exact set is the grants: share it.
+        self._exact = self.grants if not patterns else frozenset(exact)
         self._patterns = tuple(patterns)
 
     def grants_permission(self, permission: str) -> bool:

@@ -15,16 +15,21 @@ sources drop entries past that (``prune_expired``) so the list cannot grow witho
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from extauthz.errors import FeedError
 from extauthz.permissions import GrantSet, permission_problem
-from extauthz.strict_json import loads_strict
+from extauthz.strict_json import ObjectReader, decode_utf8, loads_strict
 
 _USER_KEYS = frozenset({"permissions", "disabled"})
 _AGENT_KEYS = frozenset({"disabled"})
+_FIRST_TOKEN = re.compile(r"[ \t\n\r]*\{")
 _TOP_KEYS = frozenset({"version", "users", "agents", "revoked_tokens"})
 
 
@@ -69,21 +74,58 @@ def feed_document(snapshot: FeedSnapshot) -> dict[str, object]:
 
 
 def parse_feed(raw: bytes, source: str) -> FeedSnapshot:
-    """Parse and validate a feed document. Raises FeedError saying where and what is wrong."""
+    """Parse and validate a feed document. Raises FeedError saying where and what is wrong.
+
+    The users are read one at a time, so a feed of a million users is never held twice
+    (as a parsed document and as the snapshot). Exact duplicates are refused (a second
+    "bob" entry must not re-enable a disabled bob); case is not folded, because "Alice"
+    and "alice" may be different users.
+    """
     try:
-        # Exact duplicates are refused (a second "bob" entry must not re-enable a disabled
-        # bob); case is not folded, because "Alice" and "alice" may be different users.
-        document = loads_strict(raw, fold_names=False)
+        text = decode_utf8(raw)
+        # Millions of objects and no reference cycles: without pausing the cycle
+        # collector it would rescan them over and over.
+        if _FIRST_TOKEN.match(text) is None:
+            loads_strict(raw, fold_names=False)  # valid JSON, then, but not an object?
+            raise FeedError(f"{source}: must be a JSON object")
+        with _collector_paused():
+            document: dict[str, object] = {}
+            entries: dict[str, UserEntry] | None = None
+            reader = ObjectReader(text)
+            for name in reader.names():
+                users = reader.object() if name == "users" else None
+                if users is None:
+                    document[name] = reader.value()
+                    continue
+                shared, entries = _Shared(), {}
+                for user_id in users.names():
+                    entries[user_id] = _user_entry(user_id, users.value(), source, shared)
+            reader.finish()
     except (ValueError, RecursionError) as err:
         raise FeedError(f"{source}: not valid JSON: {err}") from err
-    return snapshot_from_document(document, source)
+    return _snapshot(document, entries, source)
 
 
 def snapshot_from_document(document: object, source: str) -> FeedSnapshot:
     """Validate an already-parsed feed document. Raises FeedError."""
     if not isinstance(document, dict):
         raise FeedError(f"{source}: must be a JSON object")
-    unknown = sorted(set(document) - _TOP_KEYS)
+    users = document.get("users")
+    entries: dict[str, UserEntry] | None = None
+    if isinstance(users, dict):
+        shared, entries = _Shared(), {}
+        with _collector_paused():
+            for user_id, entry in users.items():
+                entries[user_id] = _user_entry(user_id, entry, source, shared)
+    return _snapshot(document, entries, source)
+
+
+def _snapshot(
+    document: Mapping[str, object], entries: dict[str, UserEntry] | None, source: str
+) -> FeedSnapshot:
+    """The snapshot from a document whose users (``entries``, None when ``users`` is not
+    an object) are validated already."""
+    unknown = sorted(set(document) - _TOP_KEYS - {"users"})
     if unknown:
         raise FeedError(f"{source}: {unknown[0]}: unknown key")
     version = document.get("version")
@@ -91,15 +133,8 @@ def snapshot_from_document(document: object, source: str) -> FeedSnapshot:
         version = str(version)
     if not isinstance(version, str) or not version:
         raise FeedError(f"{source}: version: must be a non-empty string")
-    users = document.get("users")
-    if not isinstance(users, dict):
+    if entries is None:
         raise FeedError(f"{source}: users: must be an object of user id to entry")
-    # Many users share one permission set; building each distinct set once keeps a large
-    # feed small in memory and quick to load.
-    interned: dict[frozenset[str], GrantSet] = {}
-    entries: dict[str, UserEntry] = {}
-    for user_id, entry in users.items():
-        entries[user_id] = _user_entry(user_id, entry, source, interned)
     return FeedSnapshot(
         version,
         entries,
@@ -149,29 +184,68 @@ def _revoked_tokens(revoked: object, source: str) -> dict[str, float]:
     return result
 
 
-def _user_entry(
-    user_id: str, entry: object, source: str, interned: dict[frozenset[str], GrantSet]
-) -> UserEntry:
-    where = f"{source}: users.{user_id}"
-    if not _printable_id(user_id):
-        raise FeedError(f"{source}: users: {user_id!r}: ids must be non-empty and printable")
-    if not isinstance(entry, dict):
-        raise FeedError(f"{where}: must be an object")
-    if not _USER_KEYS.issuperset(entry):
-        raise FeedError(f"{where}: {sorted(set(entry) - _USER_KEYS)[0]}: unknown key")
-    permissions = entry.get("permissions", [])
-    if not isinstance(permissions, list):
-        raise FeedError(f"{where}.permissions: must be a list")
-    key = frozenset(permissions) if all(isinstance(p, str) for p in permissions) else None
-    grants = interned.get(key) if key is not None else None
-    if grants is None:
+class _Shared:
+    """What many users have in common, built once: permission sets (from a role, usually)
+    and whole entries. Keeps a large feed small in memory and quick to load."""
+
+    def __init__(self) -> None:
+        self.grants: dict[tuple[str, ...], GrantSet] = {}
+        self.unordered: dict[frozenset[str], GrantSet] = {}
+        # By the grant set's identity: sets are shared, and identity hashes in C.
+        self.entries: dict[tuple[int, bool], UserEntry] = {}
+
+    def grant_set(self, permissions: list[Any], where: str) -> GrantSet:
+        key = tuple(permissions)
+        try:
+            found = self.grants.get(key)
+        except TypeError:  # an unhashable item, e.g. a list: invalid, reported below
+            found = None
+        if found is not None:
+            return found
         for i, permission in enumerate(permissions):
             problem = permission_problem(permission, allow_wildcard=True)
             if problem:
                 raise FeedError(f"{where}.permissions[{i}]: {problem}")
-        assert key is not None  # every item is a valid string by now
-        grants = interned[key] = GrantSet(key)
+        # The same set in another order is the same set.
+        unordered = frozenset(permissions)
+        grants = self.unordered.get(unordered)
+        if grants is None:
+            grants = self.unordered[unordered] = GrantSet(unordered)
+        self.grants[key] = grants
+        return grants
+
+    def entry(self, grants: GrantSet, disabled: bool) -> UserEntry:
+        key = (id(grants), disabled)
+        found = self.entries.get(key)
+        if found is None:
+            found = self.entries[key] = UserEntry(grants, disabled)
+        return found
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _user_entry(user_id: str, entry: object, source: str, shared: _Shared) -> UserEntry:
+    if not _printable_id(user_id):
+        raise FeedError(f"{source}: users: {user_id!r}: ids must be non-empty and printable")
+    if not isinstance(entry, dict):
+        raise FeedError(f"{source}: users.{user_id}: must be an object")
+    if not _USER_KEYS.issuperset(entry):
+        unknown = sorted(set(entry) - _USER_KEYS)[0]
+        raise FeedError(f"{source}: users.{user_id}: {unknown}: unknown key")
+    permissions = entry.get("permissions", [])
+    if not isinstance(permissions, list):
+        raise FeedError(f"{source}: users.{user_id}.permissions: must be a list")
+    grants = shared.grant_set(permissions, f"{source}: users.{user_id}")
     disabled = entry.get("disabled", False)
     if not isinstance(disabled, bool):
-        raise FeedError(f"{where}.disabled: must be true or false")
-    return UserEntry(grants, disabled)
+        raise FeedError(f"{source}: users.{user_id}.disabled: must be true or false")
+    return shared.entry(grants, disabled)
