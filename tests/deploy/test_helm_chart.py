@@ -276,6 +276,22 @@ def test_probes_ask_grpc_health_on_the_grpc_port(helm: Path) -> None:
     }
 
 
+def test_server_extra_settings_pass_through_but_never_move_the_listeners(helm: Path) -> None:
+    docs = render(
+        helm,
+        "--set",
+        "server.extraSettings.reload_check=5s",
+        "--set",
+        "server.extraSettings.grpc_listen=127.0.0.1:1",
+    )
+    assert config_of(docs)["server"] == {
+        "grpc_listen": "0.0.0.0:9001",
+        "http_listen": "0.0.0.0:9090",
+        "shutdown_grace": "10s",
+        "reload_check": "5s",
+    }
+
+
 def test_termination_grace_outlasts_prestop_and_drain(helm: Path) -> None:
     docs = render(helm, "--set", "server.shutdownGraceSeconds=25")
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
@@ -315,7 +331,7 @@ def test_configmap_is_a_valid_extauthz_config(
         (tmp_path / name).write_text(content)
     config = load_config(tmp_path / "config.yaml")  # raises ConfigError naming the problem
     assert config.server.grpc_listen == "0.0.0.0:9001"
-    assert config.feed.source == tmp_path / "users.json"
+    assert str(config.feed.source) == str(tmp_path / "users.json")
 
 
 def test_configmap_with_a_bad_policy_fails_the_project_loader(helm: Path, tmp_path: Path) -> None:

@@ -86,6 +86,7 @@ app.kubernetes.io/component: authorizer
 {{- fail "config.server is set by the chart (from `server` and `deploymentMode`): remove it from config" }}
 {{- end }}
 {{- $server := dict "grpc_listen" (include "extauthz.grpcListen" .) "http_listen" (printf "0.0.0.0:%d" (int .Values.server.httpPort)) "shutdown_grace" (printf "%ds" (int .Values.server.shutdownGraceSeconds)) }}
+{{- $server = merge $server (deepCopy .Values.server.extraSettings) }}
 {{- $config := merge (dict "server" $server) (fromYaml (include "extauthz.policy" .)) }}
 {{- toYaml $config }}
 {{- end }}
