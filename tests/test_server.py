@@ -782,3 +782,36 @@ async def test_reload_can_add_an_issuer_with_fetched_keys(
             assert sample(server, "extauthz_issuer_keys", labels) == 3.0
         finally:
             await server.stop()
+
+
+async def test_a_configmap_style_symlink_swap_is_reloaded(
+    tmp_path: Path, issuer: LocalIssuer
+) -> None:
+    # Kubernetes updates a mounted ConfigMap by pointing the ..data symlink at a new folder.
+    base = reloading_config(tmp_path / "src", issuer)
+    mount = tmp_path / "mount"
+    first = mount / "..2026_12_02_v1"
+    first.mkdir(parents=True)
+    (first / "config.yaml").write_bytes(base.path.read_bytes())
+    (mount / "..data").symlink_to(first.name)
+    (mount / "config.yaml").symlink_to("..data/config.yaml")
+    for folder in ("keys", "feed"):
+        (mount / folder).symlink_to(base.path.parent / folder)
+    server = Server(load_config(mount / "config.yaml"), CollectorRegistry())
+    await server.start()
+    try:
+        second = mount / "..2026_12_02_v2"
+        second.mkdir()
+        data = yaml.safe_load(base.path.read_text())
+        data["mode"] = "dry_run"
+        (second / "config.yaml").write_text(yaml.safe_dump(data))
+        (mount / "..data_tmp").symlink_to(second.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+
+        async def reloaded() -> bool:
+            return reloads(server, "success") == 1.0
+
+        await eventually(reloaded)
+        assert server.config.mode == "dry_run"
+    finally:
+        await server.stop()
