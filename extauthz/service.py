@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -23,6 +23,7 @@ from extauthz.errors import Reason
 from extauthz.feed.cache import FeedCache
 from extauthz.metrics import Metrics
 from extauthz.model import Decision, RequestAttributes
+from extauthz.tokens.cache import VerifiedTokens
 from extauthz.tokens.keys import KeySet
 
 log = logging.getLogger("extauthz.service")
@@ -35,6 +36,8 @@ class Policy:
 
     config: Config
     key_sets: Mapping[str, KeySet]
+    # Belongs to this config and these keys only: a new policy starts an empty one.
+    verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
 
 
 class Runtime:
@@ -55,7 +58,7 @@ class Runtime:
 
     def view(self) -> PolicyView:
         policy = self.policy
-        return PolicyView(policy.config, policy.key_sets, self.feed.state)
+        return PolicyView(policy.config, policy.key_sets, self.feed.state, policy.verified_tokens)
 
     def publish_keys(self, key_set: KeySet) -> None:
         """Make ``key_set`` the keys of its issuer."""

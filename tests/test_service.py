@@ -25,6 +25,7 @@ from extauthz.feed.snapshot import parse_feed
 from extauthz.metrics import Metrics
 from extauthz.server import load_key_sets
 from extauthz.service import CheckHandler, Runtime
+from extauthz.tokens.keys import KeySet
 
 
 @pytest.fixture(scope="module")
@@ -492,3 +493,19 @@ def test_config_path_points_into_the_temporary_deployment(enforce_config: Config
     assert isinstance(enforce_config.path, Path)
     assert enforce_config.path.name == "config.yaml"
     assert enforce_config.path.parent != DEPLOY
+
+
+def test_a_key_set_without_the_tokens_key_ends_its_cached_verification(
+    harness: Harness, issuer: LocalIssuer
+) -> None:
+    token = delegated_token(issuer)
+    request = check_request(headers=bearer(token))
+    assert harness.check(request).status.code == 0
+    assert harness.check(request).status.code == 0  # now from the cache
+    # The issuer drops rsa-1: the next check must not trust the cached verification.
+    current = harness.runtime.key_sets["https://idp.example.test"]
+    without = {kid: key for kid, key in current.keys.items() if kid != "rsa-1"}
+    harness.runtime.publish_keys(KeySet(current.issuer, without, current.source))
+    denied = harness.check(request)
+    assert denied.denied_response.status.code == 401
+    assert harness.lines()[-1]["reason"] == "key_unknown"
