@@ -11,6 +11,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import orjson
+
 from extauthz.model import Decision, RequestAttributes
 
 FIELDS = (
@@ -115,9 +117,21 @@ class DecisionLog:
         self._stream = stream
 
     def write(self, record: dict[str, Any]) -> None:
-        self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
-        # ASCII-only JSON: a client-sent lone surrogate ("\ud800") must not make the line
-        # unwritable on a UTF-8 stream and so drop the audit record.
+        self._stream.write(encode_line(record))
         # Flushed per line: a collector must see each decision within a second, and a
         # crash must not take buffered audit lines with it.
         self._stream.flush()
+
+
+def encode_line(record: dict[str, Any]) -> str:
+    """One compact, ASCII-only JSON line. ASCII-only: a client-sent lone surrogate
+    ("\ud800") must not make the line unwritable on a UTF-8 stream and so drop the audit
+    record. orjson encodes in C; the rare line with non-ASCII text (or a surrogate, which
+    orjson refuses) goes through the standard encoder, which escapes it."""
+    try:
+        encoded = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        encoded = b""
+    if encoded and encoded.isascii():
+        return encoded.decode("ascii")
+    return json.dumps(record, separators=(",", ":")) + "\n"

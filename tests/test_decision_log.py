@@ -296,3 +296,12 @@ def test_mcp_method_and_http_method_are_cut_like_other_client_text() -> None:
     )
     assert line["mcp_method"] == "m" * 1024 + "…"
     assert line["method"] == "M" * 1024 + "…"
+
+
+@pytest.mark.parametrize("path", ["/tickets/é", "/tickets/\ud800", "/tickets/\u2028x"])
+def test_decision_line_is_ascii_even_for_non_ascii_or_surrogate_text(path: str) -> None:
+    stream = io.StringIO()
+    DecisionLog(stream).write(record(request=RequestAttributes("GET", "h", path, {})))
+    text = stream.getvalue()
+    assert text.isascii() and text.endswith("\n") and text.count("\n") == 1
+    assert json.loads(text)["path"] == path
