@@ -102,6 +102,16 @@ class Metrics:
             "1 when the config file changes settings that only take effect on restart.",
             registry=registry,
         )
+        self.decision_log_dropped = Counter(
+            "extauthz_decision_log_dropped_total",
+            "Decision lines that could not be written (queue full or stdout failing).",
+            registry=registry,
+        )
+        self.decision_log_pending = Gauge(
+            "extauthz_decision_log_pending",
+            "Decision lines queued for the writer and not yet written.",
+            registry=registry,
+        )
         self.build_info = Gauge(
             "extauthz_build_info",
             "Always 1; labels say which extauthz and Python are running.",

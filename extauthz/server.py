@@ -23,7 +23,7 @@ from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
 from extauthz.config import Config, FeedConfig, load_config
-from extauthz.decision_log import DecisionLog
+from extauthz.decision_log import BackgroundDecisionLog
 from extauthz.errors import ConfigError, FeedError, KeysError
 from extauthz.feed.file_source import FileFeedSource
 from extauthz.feed.http_source import HttpFeedSource
@@ -74,8 +74,15 @@ class Server:
             self.metrics.keys_refreshes.labels(issuer, "success").inc()
         self.keys = KeyRefresher(config.issuers.values(), self._publish_keys, self.metrics)
         self.metrics.track_feed_age(lambda: self.runtime.feed.state.age(time.time()))
+        self.decision_log = BackgroundDecisionLog(
+            sys.stdout,
+            max_pending=config.decision_log.max_pending,
+            when_full=config.decision_log.when_full,
+            on_drop=self.metrics.decision_log_dropped.inc,
+        )
+        self.metrics.decision_log_pending.set_function(lambda: self.decision_log.pending)
         self.handler = CheckHandler(
-            self.runtime, self.metrics, DecisionLog(sys.stdout), refetch_keys=self.keys.refetch
+            self.runtime, self.metrics, self.decision_log, refetch_keys=self.keys.refetch
         )
         self.feed_source = feed_source_for(config.feed)
         # Set when a new snapshot was accepted and not yet written to feed.snapshot_file.
@@ -310,6 +317,11 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.http.stop()
+        # Every line of a check that was answered is written before the process ends.
+        if not await asyncio.to_thread(self.decision_log.close, 5.0):
+            log.error(
+                "decision lines still unwritten at exit", extra={"lines": self.decision_log.pending}
+            )
         log.info("stopped")
 
 

@@ -17,7 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from extauthz.config import Config
 from extauthz.decision import PolicyView, decide
-from extauthz.decision_log import DecisionLog, decision_record
+from extauthz.decision_log import DecisionLogFull, DecisionSink, decision_record
 from extauthz.envoy import check_response, request_from_check, status_of
 from extauthz.errors import Reason
 from extauthz.feed.cache import FeedCache
@@ -101,7 +101,7 @@ class CheckHandler:
         self,
         runtime: Runtime,
         metrics: Metrics,
-        decision_log: DecisionLog,
+        decision_log: DecisionSink,
         clock: Callable[[], float] = time.time,
         refetch_keys: KeyRefetch | None = None,
     ) -> None:
@@ -170,6 +170,10 @@ class CheckHandler:
         )
         try:
             self.decision_log.write(record)
+        except DecisionLogFull:
+            # Reported by the log itself, once per episode, not once per request.
+            decision = Decision(Reason.DECISION_LOG_UNAVAILABLE)
+            response = check_response(decision, decision_id, view.config.response, enforce=True)
         except (OSError, ValueError):
             # An unaudited allow is worse than a refused request: fail closed.
             log.exception("decision log write failed", extra={"decision_id": decision_id})
