@@ -4,7 +4,7 @@ VENV   := .venv
 TOOLS  := .tools
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: demo test lint unit e2e bench tools clean
+.PHONY: demo test lint unit e2e bench bench-propagation proto tools clean
 
 # The package and its test tools.
 $(VENV)/.installed: pyproject.toml
@@ -44,6 +44,10 @@ test: lint $(TOOLS)/.installed
 # Prints µs per Check and the ratio to PyJWT's own decode of the same token (same run).
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/bench_check.py
+
+# Regenerates extauthz/feed/v1/ from proto/; commit the result (a test checks it is in sync).
+proto: $(VENV)/.installed
+	$(VENV)/bin/python proto/generate.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache *.egg-info
