@@ -67,23 +67,83 @@ def parse_feed(raw: bytes, source: str) -> FeedSnapshot:
     version = document.get("version")
     if isinstance(version, int) and not isinstance(version, bool):
         version = str(version)
-    if not isinstance(version, str) or not version:
-        raise FeedError(f"{source}: version: must be a non-empty string")
+    checked_version = check_version(version, source)
     users = document.get("users")
     if not isinstance(users, dict):
         raise FeedError(f"{source}: users: must be an object of user id to entry")
     # Many users share one permission set; building each distinct set once keeps a large
     # feed small in memory and quick to load.
-    interned: dict[frozenset[str], GrantSet] = {}
+    interned: Interned = {}
     entries: dict[str, UserEntry] = {}
     for user_id, entry in users.items():
-        entries[user_id] = _user_entry(user_id, entry, source, interned)
+        entries[user_id] = _json_user_entry(user_id, entry, source, interned)
     return FeedSnapshot(
-        version,
+        checked_version,
         entries,
         disabled_agents=_disabled_agents(document.get("agents", {}), source),
         revoked_tokens=_revoked_tokens(document.get("revoked_tokens", {}), source),
     )
+
+
+# --- validation shared by every way a feed arrives (JSON document, streamed snapshot, delta)
+#
+# ``source`` in the messages says where the value came from: a file name, or a stream
+# address with the message and change it was in. The messages are the JSON feed's own, so
+# an operator reads the same words whichever way the feed is delivered.
+
+# Distinct permission sets seen so far in one load, so identical sets are one object.
+Interned = dict[frozenset[str], GrantSet]
+
+
+def check_version(version: object, source: str) -> str:
+    """A feed version: a non-empty string. Raises FeedError."""
+    if not isinstance(version, str) or not version:
+        raise FeedError(f"{source}: version: must be a non-empty string")
+    return version
+
+
+def check_user_id(user_id: str, source: str) -> None:
+    """Raises FeedError unless ``user_id`` is usable as a user id."""
+    if not _printable_id(user_id):
+        raise FeedError(f"{source}: users: {user_id!r}: ids must be non-empty and printable")
+
+
+def check_agent_id(agent_id: str, source: str) -> None:
+    """Raises FeedError unless ``agent_id`` is usable as an agent id."""
+    if not _printable_id(agent_id):
+        raise FeedError(f"{source}: agents: {agent_id!r}: ids must be non-empty and printable")
+
+
+def user_entry(
+    user_id: str, permissions: object, disabled: object, source: str, interned: Interned
+) -> UserEntry:
+    """A validated ``UserEntry`` for an already checked ``user_id``. Raises FeedError."""
+    where = f"{source}: users.{user_id}"
+    if not isinstance(permissions, list):
+        raise FeedError(f"{where}.permissions: must be a list")
+    key = frozenset(permissions) if all(isinstance(p, str) for p in permissions) else None
+    grants = interned.get(key) if key is not None else None
+    if grants is None:
+        for i, permission in enumerate(permissions):
+            problem = permission_problem(permission, allow_wildcard=True)
+            if problem:
+                raise FeedError(f"{where}.permissions[{i}]: {problem}")
+        assert key is not None  # every item is a valid string by now
+        grants = interned[key] = GrantSet(key)
+    if not isinstance(disabled, bool):
+        raise FeedError(f"{where}.disabled: must be true or false")
+    return UserEntry(grants, disabled)
+
+
+def revocation_exp(jti: str, exp: object, source: str) -> float:
+    """The ``exp`` of a revoked token, validated. Raises FeedError."""
+    if not jti:
+        raise FeedError(f"{source}: revoked_tokens: token ids must be non-empty")
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
+        raise FeedError(
+            f"{source}: revoked_tokens.{jti}: must be the token's exp (seconds since epoch)"
+        )
+    return float(exp)
 
 
 def _printable_id(value: str) -> bool:
@@ -98,8 +158,7 @@ def _disabled_agents(agents: object, source: str) -> frozenset[str]:
     disabled: set[str] = set()
     for agent_id, entry in agents.items():
         where = f"{source}: agents.{agent_id}"
-        if not _printable_id(agent_id):
-            raise FeedError(f"{source}: agents: {agent_id!r}: ids must be non-empty and printable")
+        check_agent_id(agent_id, source)
         if not isinstance(entry, dict):
             raise FeedError(f"{where}: must be an object")
         if not _AGENT_KEYS.issuperset(entry):
@@ -115,41 +174,16 @@ def _disabled_agents(agents: object, source: str) -> frozenset[str]:
 def _revoked_tokens(revoked: object, source: str) -> dict[str, float]:
     if not isinstance(revoked, dict):
         raise FeedError(f"{source}: revoked_tokens: must be an object of jti to exp")
-    result: dict[str, float] = {}
-    for jti, exp in revoked.items():
-        if not jti:
-            raise FeedError(f"{source}: revoked_tokens: token ids must be non-empty")
-        if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
-            raise FeedError(
-                f"{source}: revoked_tokens.{jti}: must be the token's exp (seconds since epoch)"
-            )
-        result[jti] = float(exp)
-    return result
+    return {jti: revocation_exp(jti, exp, source) for jti, exp in revoked.items()}
 
 
-def _user_entry(
-    user_id: str, entry: object, source: str, interned: dict[frozenset[str], GrantSet]
-) -> UserEntry:
+def _json_user_entry(user_id: str, entry: object, source: str, interned: Interned) -> UserEntry:
     where = f"{source}: users.{user_id}"
-    if not _printable_id(user_id):
-        raise FeedError(f"{source}: users: {user_id!r}: ids must be non-empty and printable")
+    check_user_id(user_id, source)
     if not isinstance(entry, dict):
         raise FeedError(f"{where}: must be an object")
     if not _USER_KEYS.issuperset(entry):
         raise FeedError(f"{where}: {sorted(set(entry) - _USER_KEYS)[0]}: unknown key")
-    permissions = entry.get("permissions", [])
-    if not isinstance(permissions, list):
-        raise FeedError(f"{where}.permissions: must be a list")
-    key = frozenset(permissions) if all(isinstance(p, str) for p in permissions) else None
-    grants = interned.get(key) if key is not None else None
-    if grants is None:
-        for i, permission in enumerate(permissions):
-            problem = permission_problem(permission, allow_wildcard=True)
-            if problem:
-                raise FeedError(f"{where}.permissions[{i}]: {problem}")
-        assert key is not None  # every item is a valid string by now
-        grants = interned[key] = GrantSet(key)
-    disabled = entry.get("disabled", False)
-    if not isinstance(disabled, bool):
-        raise FeedError(f"{where}.disabled: must be true or false")
-    return UserEntry(grants, disabled)
+    return user_entry(
+        user_id, entry.get("permissions", []), entry.get("disabled", False), source, interned
+    )
