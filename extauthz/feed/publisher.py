@@ -70,6 +70,9 @@ class FeedPublisher:
         # ended and the last ending at the current version: what lets a client resume.
         self._history: deque[FeedDelta] = deque(maxlen=history)
         self._watchers: set[_Watcher] = set()
+        # The whole-snapshot answer, built once per version: with a million users it
+        # takes seconds, and every new or fallen-behind watcher needs the same one.
+        self._snapshot_message: feed_pb2.WatchResponse | None = None
         self._server: Any = None
         self.port = 0
 
@@ -94,6 +97,7 @@ class FeedPublisher:
             self._history.clear()
         self._history.append(delta)
         self._snapshot = new
+        self._snapshot_message = None
         self.broadcast(feed_pb2.WatchResponse(delta=delta_to_message(delta)))
         log.info(
             "feed published",
@@ -122,7 +126,11 @@ class FeedPublisher:
         for i, delta in enumerate(deltas):
             if after_version and delta.from_version == after_version:
                 return [feed_pb2.WatchResponse(delta=delta_to_message(d)) for d in deltas[i:]]
-        return [feed_pb2.WatchResponse(snapshot=snapshot_to_message(self._snapshot))]
+        if self._snapshot_message is None:
+            self._snapshot_message = feed_pb2.WatchResponse(
+                snapshot=snapshot_to_message(self._snapshot)
+            )
+        return [self._snapshot_message]
 
     def _heartbeat(self) -> feed_pb2.WatchResponse:
         return feed_pb2.WatchResponse(heartbeat=feed_pb2.Heartbeat(version=self._snapshot.version))
