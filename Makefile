@@ -49,5 +49,9 @@ bench: $(VENV)/.installed
 proto: $(VENV)/.installed
 	$(VENV)/bin/python proto/generate.py
 
+# Feed change -> first decision reflecting it, for the polled file and the stream (median, p90).
+bench-propagation: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/bench_propagation.py
+
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -365,7 +365,7 @@ async def test_version_older_than_the_history_gets_a_full_snapshot(
             write(feed_file, changed(version=version, users={f"u{version}": {}}))
             await pub.check_file()
         # The history holds only 2 -> 3; version 1 is too old to resume from.
-        assert pub.publisher.catch_up("1")[0].WhichOneof("message") == "snapshot"
+        assert pub.publisher.catch_up("1") is pub.publisher.snapshot
         await eventually(lambda: len(sub.errors()) > 0, "disconnect noticed")
         relay.restore()
         await eventually(lambda: sub.version == "3", "caught up")

@@ -82,11 +82,14 @@ class FeedPublisher:
 
     # --- changing the feed ----------------------------------------------------------
 
-    def publish(self, new: FeedSnapshot) -> FeedDelta | None:
+    def publish(self, new: FeedSnapshot, delta: FeedDelta | None = None) -> FeedDelta | None:
         """Make ``new`` the current feed and push the delta to every watcher. Returns the
-        delta, or None when nothing changed. Raises FeedError for a new feed that keeps
-        the version but changes the content (clients holding it would never learn)."""
-        delta = diff_snapshots(self._snapshot, new)
+        delta, or None when nothing changed. ``delta`` may be given precomputed (see
+        ``FilePublisher``); it is used only if it starts from the current version. Raises
+        FeedError for a new feed that keeps the version but changes the content (clients
+        holding that version would never learn of it)."""
+        if delta is None or delta.from_version != self._snapshot.version:
+            delta = diff_snapshots(self._snapshot, new)
         if new.version == self._snapshot.version:
             if delta.changes:
                 raise FeedError(f"version {new.version!r}: content changed but version did not")
@@ -118,19 +121,30 @@ class FeedPublisher:
             else:
                 watcher.queue.put_nowait(message)
 
-    def catch_up(self, after_version: str) -> list[feed_pb2.WatchResponse]:
-        """What a client holding ``after_version`` gets first (see feed.proto)."""
+    def catch_up(self, after_version: str) -> list[feed_pb2.WatchResponse] | FeedSnapshot:
+        """What a client holding ``after_version`` gets first (see feed.proto): a heartbeat,
+        the deltas since that version, or (returned as the snapshot itself, since turning
+        a large one into a message takes a while) the current snapshot."""
         if after_version and after_version == self._snapshot.version:
             return [self._heartbeat()]
         deltas = list(self._history)
         for i, delta in enumerate(deltas):
             if after_version and delta.from_version == after_version:
                 return [feed_pb2.WatchResponse(delta=delta_to_message(d)) for d in deltas[i:]]
-        if self._snapshot_message is None:
-            self._snapshot_message = feed_pb2.WatchResponse(
-                snapshot=snapshot_to_message(self._snapshot)
-            )
-        return [self._snapshot_message]
+        return self._snapshot
+
+    async def _snapshot_answer(self, snapshot: FeedSnapshot) -> feed_pb2.WatchResponse:
+        cached = self._snapshot_message
+        if cached is not None and cached.snapshot.version == snapshot.version:
+            return cached
+        # Off the event loop: a million users take seconds, and the other watchers'
+        # heartbeats and deltas must keep flowing meanwhile.
+        message = await asyncio.to_thread(
+            lambda: feed_pb2.WatchResponse(snapshot=snapshot_to_message(snapshot))
+        )
+        if snapshot is self._snapshot:
+            self._snapshot_message = message
+        return message
 
     def _heartbeat(self) -> feed_pb2.WatchResponse:
         return feed_pb2.WatchResponse(heartbeat=feed_pb2.Heartbeat(version=self._snapshot.version))
@@ -143,12 +157,18 @@ class FeedPublisher:
         if not self._authorized(context.invocation_metadata()):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bearer token required")
         watcher = _Watcher()
-        # Registered before the catch-up is computed, with no await in between: no delta
-        # can fall between what the catch-up covers and what the queue gets.
+        # Registered before the catch-up is chosen, with no await in between: no delta can
+        # fall between what the catch-up covers and what the queue gets.
         self._watchers.add(watcher)
         try:
-            for message in self.catch_up(request.after_version):
-                yield message
+            first = self.catch_up(request.after_version)
+            if isinstance(first, FeedSnapshot):
+                # Deltas published while this is built queue up behind it, and they start
+                # from exactly this snapshot's version.
+                yield await self._snapshot_answer(first)
+            else:
+                for message in first:
+                    yield message
             while True:
                 try:
                     queued = await asyncio.wait_for(watcher.queue.get(), self.heartbeat)
@@ -216,7 +236,8 @@ class FilePublisher:
         self.poll = poll
         self._file = FileFeedSource(path)
         self._loaded = FeedCache()
-        self._load()  # raises FeedError: there is nothing to serve without a first feed
+        # Raises FeedError: without a first good feed there is nothing to serve.
+        self._file.refresh(self._loaded, time.time())
         snapshot = self._loaded.state.snapshot
         assert snapshot is not None
         self.publisher = FeedPublisher(
@@ -224,19 +245,21 @@ class FilePublisher:
         )
         self._task: asyncio.Task[None] | None = None
 
-    def _load(self) -> bool:
-        """Read the file; True when it changed. Raises FeedError for an invalid one."""
-        return self._file.refresh(self._loaded, time.time()) is RefreshOutcome.SUCCESS
+    def _load(self, current: FeedSnapshot) -> tuple[FeedSnapshot, FeedDelta] | None:
+        """Read the file; the new feed and its delta from ``current``, or None if the file
+        is unchanged. Raises FeedError for an invalid one. Blocking (a worker thread)."""
+        if self._file.refresh(self._loaded, time.time()) is not RefreshOutcome.SUCCESS:
+            return None
+        new = self._loaded.state.snapshot
+        assert new is not None
+        return new, diff_snapshots(current, new)
 
     async def check_file(self) -> FeedDelta | None:
         """Read the file once and publish what changed. Logs and ignores an invalid file."""
         try:
-            # Parsing a large feed takes a moment; keep serving watchers meanwhile.
-            changed = await asyncio.to_thread(self._load)
-            snapshot = self._loaded.state.snapshot
-            if not changed or snapshot is None:
-                return None
-            return self.publisher.publish(snapshot)
+            # Parsing and diffing a large feed take a while; keep serving meanwhile.
+            loaded = await asyncio.to_thread(self._load, self.publisher.snapshot)
+            return None if loaded is None else self.publisher.publish(*loaded)
         except FeedError as err:
             log.error("feed file rejected; serving the last good one", extra={"error": str(err)})
             return None
