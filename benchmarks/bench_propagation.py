@@ -9,7 +9,7 @@ Three ways of delivering the feed:
 
 * ``file poll``: the feed file is rewritten; ``FileFeedSource`` re-reads it every
   ``--refresh`` (what ``feed.source: path`` does).
-* ``stream, publish``: a bridge publishes the change (``FeedPublisher.publish``) and
+* ``stream, bridge``: a bridge publishes the change (``FeedPublisher.publish_delta``) and
   ``GrpcFeedSource`` receives the delta over a real gRPC stream on 127.0.0.1: the path an
   IdP or SCIM bridge takes.
 * ``stream, file``: ``extauthz feed-serve`` polls the file every ``--poll`` and streams the
@@ -44,6 +44,7 @@ from extauthz.decision import PolicyView, decide
 from extauthz.demo.issuer import LocalIssuer
 from extauthz.errors import FeedError, Reason
 from extauthz.feed.cache import FeedCache
+from extauthz.feed.delta import FeedDelta, TokenRevoked
 from extauthz.feed.file_source import FileFeedSource
 from extauthz.feed.publisher import FilePublisher
 from extauthz.feed.sources import RefreshOutcome
@@ -192,13 +193,12 @@ async def main(rounds: int, users: int, refresh: float, poll: float) -> None:
         async with streamed(bench, poll=3600.0) as (cache, file_publisher):
             publisher = file_publisher.publisher
 
-            # A bridge has the change in hand: the clock starts as it publishes the new
-            # snapshot (diff, push, receive, apply), with no file in between.
+            # A bridge has the change in hand: the clock starts as it publishes it (apply,
+            # push, receive, apply), with no file in between.
             async def publish(jti: str) -> None:
-                current = publisher.snapshot
-                revoked = {**current.revoked_tokens, jti: time.time() + 600}
-                version = f"{current.version}+{jti}"
-                publisher.publish(replace(current, version=version, revoked_tokens=revoked))
+                current = publisher.snapshot.version
+                change = TokenRevoked(jti, time.time() + 600)
+                publisher.publish_delta(FeedDelta(current, f"{current}+{jti}", (change,)))
 
             times = [await bench.round(cache, publish, 1.0) for _ in range(rounds)]
             results.append(("stream, bridge publishes", times))

@@ -22,6 +22,7 @@ from helpers import ISSUER, ROOT
 from extauthz.config import FeedConfig
 from extauthz.errors import FeedError
 from extauthz.feed.cache import FeedCache
+from extauthz.feed.delta import FeedDelta, TokenRevoked, UserRemoved
 from extauthz.feed.publisher import FilePublisher
 from extauthz.feed.sources import RefreshOutcome
 from extauthz.feed.stream_source import GrpcFeedSource
@@ -371,6 +372,30 @@ async def test_version_older_than_the_history_gets_a_full_snapshot(
         await eventually(lambda: sub.version == "3", "caught up")
         assert sorted(sub.users) == ["u3"]
         assert synced_by(caplog) == [("", "snapshot"), ("1", "snapshot")]
+
+
+async def test_snapshot_sent_mid_stream_replaces_the_feed_whole(feed_file: Path) -> None:
+    async with publishing(feed_file) as pub, subscribed(pub.publisher.port) as sub:
+        await eventually(lambda: sub.version == "1", "first snapshot")
+        replacement = feed_pb2.Snapshot(version="x", users=[feed_pb2.User(id="zoe")])
+        pub.publisher.broadcast(feed_pb2.WatchResponse(snapshot=replacement))
+        await eventually(lambda: sub.version == "x", "replaced")
+        assert sorted(sub.users) == ["zoe"]
+        assert sub.errors() == []
+
+
+async def test_a_bridge_can_publish_changes_without_whole_feeds(feed_file: Path) -> None:
+    async with publishing(feed_file) as pub, subscribed(pub.publisher.port) as sub:
+        await eventually(lambda: sub.version == "1", "first snapshot")
+        new = pub.publisher.publish_delta(
+            FeedDelta("1", "2", (UserRemoved("bob"), TokenRevoked("jti-9", time.time() + 60)))
+        )
+        assert sorted(new.users) == ["alice"]
+        await eventually(lambda: sub.version == "2", "delta applied")
+        assert sorted(sub.users) == ["alice"]
+        with pytest.raises(FeedError, match="applies to version '1'"):
+            pub.publisher.publish_delta(FeedDelta("1", "3", ()))
+        assert pub.publisher.snapshot is new
 
 
 # --- refusing what is wrong ----------------------------------------------------------

@@ -5,8 +5,9 @@ for demos and tests, and as a worked example for a bridge from an IdP or a SCIM 
 such a bridge keeps the same shape and replaces only where the feed comes from:
 
 1. hold the current ``FeedSnapshot`` (a version names one content, never reuse one);
-2. on a change at the source, build the new snapshot, ``diff_snapshots(old, new)`` and
-   ``publish`` the delta: it goes to every watcher and into a bounded history;
+2. on a change at the source, ``publish`` the new snapshot (it is diffed against the
+   old one) or ``publish_delta`` the changes: the delta goes to every watcher and into a
+   bounded history;
 3. answer each ``Watch`` with what the caller is missing (a heartbeat if it is current,
    the deltas since its version if the history reaches back that far, else the whole
    snapshot), then with every later delta, and a heartbeat when nothing happens.
@@ -32,7 +33,7 @@ import grpc
 
 from extauthz.errors import FeedError
 from extauthz.feed.cache import FeedCache
-from extauthz.feed.delta import FeedDelta, diff_snapshots
+from extauthz.feed.delta import FeedDelta, apply_delta, diff_snapshots
 from extauthz.feed.file_source import FileFeedSource
 from extauthz.feed.snapshot import FeedSnapshot
 from extauthz.feed.sources import RefreshOutcome
@@ -94,6 +95,19 @@ class FeedPublisher:
             if delta.changes:
                 raise FeedError(f"version {new.version!r}: content changed but version did not")
             return None
+        self._commit(new, delta)
+        return delta
+
+    def publish_delta(self, delta: FeedDelta) -> FeedSnapshot:
+        """Apply ``delta`` to the current feed and push it: for a bridge whose source
+        reports changes (SCIM events, say) rather than whole feeds, at the cost of the
+        changes alone. Returns the new feed. Raises FeedError, changing nothing, for a
+        delta that is invalid or not from the current version."""
+        new = apply_delta(self._snapshot, delta, "publish_delta")
+        self._commit(new, delta)
+        return new
+
+    def _commit(self, new: FeedSnapshot, delta: FeedDelta) -> None:
         if any(new.version in (d.from_version, d.version) for d in self._history):
             # A version seen before: "the deltas since version X" would be ambiguous, so
             # forget the history; clients behind get a whole snapshot.
@@ -110,7 +124,6 @@ class FeedPublisher:
                 "watchers": len(self._watchers),
             },
         )
-        return delta
 
     def broadcast(self, message: feed_pb2.WatchResponse) -> None:
         """Send ``message`` to every watcher as it is (``publish`` is the usual way in)."""
