@@ -107,7 +107,6 @@ def _feed_serve(args: argparse.Namespace) -> int:
     from extauthz.feed.publisher import FilePublisher
     from extauthz.logs import configure_logging
 
-    configure_logging()
     try:
         publisher = FilePublisher(
             Path(args.feed_file),
@@ -119,6 +118,7 @@ def _feed_serve(args: argparse.Namespace) -> int:
     except FeedError as err:
         print(f"extauthz: feed error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    configure_logging()
 
     async def run() -> None:
         stop = asyncio.Event()

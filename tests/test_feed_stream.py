@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from helpers import ISSUER, ROOT
 
+from extauthz.cli import main
 from extauthz.config import FeedConfig
 from extauthz.errors import FeedError
 from extauthz.feed.cache import FeedCache
@@ -288,6 +289,12 @@ async def test_publisher_polls_the_file_and_ignores_an_invalid_one(
         assert sorted(sub.users) == ["dave"]
 
 
+async def test_publisher_on_a_busy_port_fails_to_start(feed_file: Path) -> None:
+    async with publishing(feed_file) as pub:
+        with pytest.raises(OSError, match="cannot listen on"):
+            await FilePublisher(feed_file).start(f"127.0.0.1:{pub.publisher.port}")
+
+
 async def test_publisher_refuses_new_content_under_the_same_version(feed_file: Path) -> None:
     async with publishing(feed_file) as pub:
         write(feed_file, changed(users={}))
@@ -540,6 +547,21 @@ async def test_unreadable_credentials_file_is_reported(feed_file: Path, tmp_path
 
 
 # --- the command ---------------------------------------------------------------------
+
+
+def test_feed_serve_refuses_to_start_on_an_invalid_feed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "users.json"
+    bad.write_text('{"version": "1", "users": {"alice": {"permissions": "all"}}}')
+    assert main(["feed-serve", "--from", str(bad), "--listen", "127.0.0.1:0"]) == 2
+    assert "users.alice.permissions: must be a list" in capsys.readouterr().err
+
+
+def test_feed_serve_refuses_a_malformed_duration(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["feed-serve", "--from", "f", "--listen", "127.0.0.1:0", "--heartbeat", "5"])
+    assert "must be a duration like 500ms or 5s" in capsys.readouterr().err
 
 
 async def test_feed_serve_command_serves_the_file_and_stops_on_sigterm(feed_file: Path) -> None:

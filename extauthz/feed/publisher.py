@@ -214,11 +214,15 @@ class FeedPublisher:
 
     async def start(self, listen: str) -> int:
         """Listen on ``listen`` (host:port; port 0 picks a free one). Returns the port."""
-        self._server = grpc.aio.server()
+        # No SO_REUSEPORT: a second publisher on a busy port must fail, not silently
+        # share the port (and its watchers) with the first.
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         feed_pb2_grpc.add_FeedServiceServicer_to_server(self, self._server)  # type: ignore[no-untyped-call]
-        self.port = self._server.add_insecure_port(listen)
-        if not self.port:
-            raise OSError(f"cannot listen on {listen}")
+        try:
+            self.port = self._server.add_insecure_port(listen)
+        except RuntimeError as err:  # how grpc reports a bind failure
+            self._server = None
+            raise OSError(f"cannot listen on {listen}: {err}") from err
         await self._server.start()
         log.info("feed publisher listening", extra={"listen": listen, "port": self.port})
         return self.port
