@@ -39,7 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from extauthz.config import Config, FeedConfig, load_config
+from extauthz.config import Config, load_config
 from extauthz.decision import PolicyView, decide
 from extauthz.demo.issuer import LocalIssuer
 from extauthz.errors import FeedError, Reason
@@ -109,15 +109,15 @@ class Bench:
         return decide(request, view, time.time()).reason
 
     async def round(
-        self, cache: FeedCache, change: Callable[[str], Awaitable[None]], spread: float
+        self, cache: FeedCache, change: Callable[[str], Awaitable[float]], spread: float
     ) -> float:
-        """One change, timed from just before it until the first deny. Seconds."""
+        """One change, timed from the moment it is in place at the source (``change``
+        returns that ``perf_counter``) until the first deny. Seconds."""
         jti, request = self.request()
         await wait_for(lambda: self.reason(cache, request) is Reason.ALLOWED, 30)
         # Land the change at a random point of the source's cycle.
         await asyncio.sleep(random.uniform(0, spread))
-        started = time.perf_counter()
-        await change(jti)
+        started = await change(jti)
         await wait_for(lambda: self.reason(cache, request) is Reason.TOKEN_REVOKED, 60)
         return time.perf_counter() - started
 
@@ -130,7 +130,7 @@ async def wait_for(condition: Callable[[], bool], timeout: float) -> None:
         await asyncio.sleep(0.001)
 
 
-def ignore_report(outcome: RefreshOutcome, error: FeedError | None) -> None:
+def fail_on_error(outcome: RefreshOutcome, error: FeedError | None) -> None:
     if error is not None:
         raise SystemExit(f"feed source failed: {error}")
 
@@ -160,9 +160,8 @@ async def streamed(bench: Bench, poll: float) -> AsyncIterator[tuple[FeedCache, 
     publisher = FilePublisher(bench.feed.path, poll=poll, heartbeat=5.0)
     port = await publisher.start("127.0.0.1:0")
     feed = replace(bench.config.feed, source=f"grpc://127.0.0.1:{port}", kind="grpc")
-    assert isinstance(feed, FeedConfig)
     cache = FeedCache()
-    task = asyncio.create_task(GrpcFeedSource(feed).run(cache, ignore_report, time.time))
+    task = asyncio.create_task(GrpcFeedSource(feed).run(cache, fail_on_error, time.time))
     try:
         await wait_for(lambda: cache.state.snapshot is not None, 60)
         yield cache, publisher
@@ -183,8 +182,10 @@ async def main(rounds: int, users: int, refresh: float, poll: float) -> None:
         bench = Bench(Path(tmp), users)
         results: list[tuple[str, list[float]]] = []
 
-        async def rewrite(jti: str) -> None:
+        # The change is in place once the new file has been renamed over the old one.
+        async def rewrite(jti: str) -> float:
             bench.feed.revoke(jti)
+            return time.perf_counter()
 
         async with polled(bench, refresh) as cache:
             times = [await bench.round(cache, rewrite, refresh) for _ in range(rounds)]
@@ -195,10 +196,12 @@ async def main(rounds: int, users: int, refresh: float, poll: float) -> None:
 
             # A bridge has the change in hand: the clock starts as it publishes it (apply,
             # push, receive, apply), with no file in between.
-            async def publish(jti: str) -> None:
+            async def publish(jti: str) -> float:
                 current = publisher.snapshot.version
                 change = TokenRevoked(jti, time.time() + 600)
+                started = time.perf_counter()
                 publisher.publish_delta(FeedDelta(current, f"{current}+{jti}", (change,)))
+                return started
 
             times = [await bench.round(cache, publish, 1.0) for _ in range(rounds)]
             results.append(("stream, bridge publishes", times))
