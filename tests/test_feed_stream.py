@@ -26,7 +26,7 @@ from extauthz.feed.cache import FeedCache
 from extauthz.feed.delta import FeedDelta, TokenRevoked, UserRemoved
 from extauthz.feed.publisher import FilePublisher
 from extauthz.feed.sources import RefreshOutcome
-from extauthz.feed.stream_source import GrpcFeedSource
+from extauthz.feed.stream_source import GrpcFeedSource, backoff_delay
 from extauthz.feed.v1 import feed_pb2
 
 FEED: dict[str, Any] = {
@@ -544,6 +544,35 @@ async def test_unreadable_credentials_file_is_reported(feed_file: Path, tmp_path
     ):
         await eventually(lambda: len(sub.errors()) >= 1, "error")
         assert "credentials_file" in sub.errors()[0] and "cannot read" in sub.errors()[0]
+
+
+async def test_rotated_credentials_are_read_again_on_reconnect(
+    feed_file: Path, tmp_path: Path
+) -> None:
+    server_token = tmp_path / "server-token"
+    server_token.write_text("first")
+    client_token = tmp_path / "client-token"
+    client_token.write_text("first")
+    async with (
+        publishing(feed_file, token_file=server_token) as pub,
+        relayed(pub.publisher.port) as relay,
+        subscribed(relay.port, credentials_file=client_token) as sub,
+    ):
+        await eventually(lambda: sub.version == "1", "first snapshot")
+        server_token.write_text("second")
+        client_token.write_text("second")
+        relay.cut(refuse=False)
+        synced = sub.count(RefreshOutcome.NOT_MODIFIED)
+        # The heartbeat that says we are current again proves the new token was accepted.
+        await eventually(lambda: sub.count(RefreshOutcome.NOT_MODIFIED) > synced, "reconnected")
+        assert not any("UNAUTHENTICATED" in e for e in sub.errors())
+
+
+def test_backoff_doubles_with_jitter_up_to_its_bound() -> None:
+    for failures, step in [(0, 0.5), (1, 1.0), (3, 4.0), (6, 30.0), (1000, 30.0)]:
+        delays = [backoff_delay(failures, 0.5, 30.0) for _ in range(200)]
+        assert all(step / 2 <= d <= step for d in delays)
+        assert len(set(delays)) > 1  # jittered, not in lockstep
 
 
 # --- the command ---------------------------------------------------------------------

@@ -32,6 +32,15 @@ from extauthz.feed.wire import delta_from_message, snapshot_from_message
 log = logging.getLogger("extauthz.feed.stream")
 
 
+def backoff_delay(failures: int, initial: float, maximum: float) -> float:
+    """The wait before the next attempt after ``failures`` failed ones in a row: doubling
+    from ``initial`` up to ``maximum``, drawn between half and all of that ("equal
+    jitter"), so many replicas that lost the same server do not return in lockstep, yet
+    none retries at once."""
+    step = min(maximum, initial * 2 ** min(failures, 30))
+    return random.uniform(step / 2, step)
+
+
 class GrpcFeedSource:
     """Keeps a ``FeedCache`` in step with a feed server. Implements ``StreamedFeedSource``.
 
@@ -90,9 +99,8 @@ class GrpcFeedSource:
                 report(RefreshOutcome.ERROR, self._describe(err))
             if self._synced:
                 failures = 0
-            delay = min(self.backoff_max, self.backoff_initial * 2 ** min(failures, 30))
+            await asyncio.sleep(backoff_delay(failures, self.backoff_initial, self.backoff_max))
             failures += 1
-            await asyncio.sleep(random.uniform(delay / 2, delay))
 
     async def _watch_once(
         self, cache: FeedCache, report: FeedReport, clock: Callable[[], float]
