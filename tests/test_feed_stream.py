@@ -575,6 +575,16 @@ def test_backoff_doubles_with_jitter_up_to_its_bound() -> None:
         assert len(set(delays)) > 1  # jittered, not in lockstep
 
 
+async def test_a_ca_file_is_refused_rather_than_ignored(feed_file: Path, tmp_path: Path) -> None:
+    async with (
+        publishing(feed_file) as pub,
+        subscribed(pub.publisher.port, ca_file=tmp_path / "ca.pem") as sub,
+    ):
+        await eventually(lambda: len(sub.errors()) >= 1, "refusal")
+        assert "ca_file is not supported for a grpc:// feed" in sub.errors()[0]
+        assert sub.cache.state.snapshot is None
+
+
 # --- the command ---------------------------------------------------------------------
 
 

@@ -109,6 +109,10 @@ class GrpcFeedSource:
         FeedError, AioRpcError or TimeoutError otherwise. Sets ``_synced`` once the first
         message has been applied (the backoff then starts over)."""
         self._synced = False
+        if self.feed.ca_file is not None:
+            # grpc:// is plaintext; carrying on without the TLS the config asks for would
+            # silently drop a security setting, so refuse instead (the feed goes stale).
+            raise FeedError(f"{self.source}: ca_file is not supported for a grpc:// feed")
         metadata = self._metadata()
         held = cache.state.snapshot
         after = "" if held is None or self._want_snapshot else held.version
