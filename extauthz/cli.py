@@ -1,11 +1,15 @@
-"""``extauthz serve --config FILE`` | ``extauthz check-config FILE`` | ``extauthz --version``."""
+"""``extauthz serve --config FILE`` | ``extauthz check-config FILE`` |
+``extauthz feed-serve --from FILE --listen HOST:PORT`` | ``extauthz --version``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from extauthz import __version__
 from extauthz.errors import ConfigError, FeedError
@@ -23,10 +27,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--config", required=True, help="path to the YAML config")
     check_cmd = commands.add_parser("check-config", help="validate a config and its key files")
     check_cmd.add_argument("config", help="path to the YAML config")
+    feed_cmd = commands.add_parser(
+        "feed-serve", help="serve a JSON feed file over the streaming feed API (FeedService)"
+    )
+    feed_cmd.add_argument("--from", dest="feed_file", required=True, help="the JSON feed file")
+    feed_cmd.add_argument("--listen", required=True, help="host:port to listen on")
+    feed_cmd.add_argument("--heartbeat", type=_duration, default=5.0, help="default 5s")
+    feed_cmd.add_argument("--poll", type=_duration, default=1.0, help="file check, default 1s")
+    feed_cmd.add_argument("--history", type=int, default=100, help="deltas kept for resuming")
+    feed_cmd.add_argument("--token-file", type=Path, help="require this bearer token")
     args = parser.parse_args(argv)
 
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "feed-serve":
+        return _feed_serve(args)
     return _serve(args.config)
 
 
@@ -88,6 +103,53 @@ def _serve(path: str) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    """``500ms``, ``5s``, ``1m``: the config's duration syntax."""
+    match = _DURATION.match(text)
+    if match is None or float(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"must be a duration like 500ms or 5s, got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _feed_serve(args: argparse.Namespace) -> int:
+    from extauthz.feed.publisher import FilePublisher
+    from extauthz.logs import configure_logging
+
+    try:
+        publisher = FilePublisher(
+            Path(args.feed_file),
+            poll=args.poll,
+            heartbeat=args.heartbeat,
+            history=args.history,
+            token_file=args.token_file,
+        )
+    except FeedError as err:
+        print(f"extauthz: feed error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    configure_logging()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # Handlers first, so a SIGTERM that arrives while starting still stops us cleanly.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await publisher.start(args.listen)
+        await stop.wait()
+        await publisher.stop()
+
+    try:
+        asyncio.run(run())
+    except OSError as err:
+        print(f"extauthz: cannot start: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

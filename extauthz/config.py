@@ -616,6 +616,11 @@ def _feed(s: _Section, base: Path, issuers: Mapping[str, IssuerConfig]) -> FeedC
         for name in ("timeout", "retries", "credentials_file", "credentials_env", "ca_file"):
             if s.has(name):
                 raise s.error(name, "only applies to an http(s):// or grpc:// feed source")
+    if kind == "grpc":
+        # A stream reconnects with its own backoff, and grpc:// is plaintext.
+        for name in ("retries", "ca_file"):
+            if s.has(name):
+                raise s.error(name, "does not apply to a grpc:// feed source")
     if s.has("credentials_file") and s.has("credentials_env"):
         raise s.error("credentials_env", "give only one of credentials_file, credentials_env")
     retries = s.raw("retries") if s.has("retries") else default.retries

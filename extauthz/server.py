@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import sys
@@ -29,6 +28,7 @@ from extauthz.feed.file_source import FileFeedSource
 from extauthz.feed.http_source import HttpFeedSource
 from extauthz.feed.last_good import load_snapshot, save_snapshot
 from extauthz.feed.sources import PolledFeedSource, RefreshOutcome, StreamedFeedSource
+from extauthz.feed.stream_source import GrpcFeedSource
 from extauthz.http_endpoints import HttpEndpoints
 from extauthz.key_refresh import KeyRefresher
 from extauthz.metrics import Metrics
@@ -54,10 +54,7 @@ def feed_source_for(feed: FeedConfig) -> PolledFeedSource | StreamedFeedSource:
     if feed.kind == "http":
         return HttpFeedSource(feed)
     if feed.kind == "grpc":
-        # Imported by name: the streaming source lands separately (its generated stubs).
-        stream_source = importlib.import_module("extauthz.feed.stream_source")
-        streamed: StreamedFeedSource = stream_source.GrpcFeedSource(feed)
-        return streamed
+        return GrpcFeedSource(feed)
     return FileFeedSource(feed.path, feed.max_bytes)
 
 
