@@ -25,6 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the ext_authz gRPC service")
     serve_cmd.add_argument("--config", required=True, help="path to the YAML config")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="processes serving the same ports (SO_REUSEPORT), default 1",
+    )
+    # Set by the supervisor of --workers on the processes it starts.
+    serve_cmd.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     check_cmd = commands.add_parser("check-config", help="validate a config and its key files")
     check_cmd.add_argument("config", help="path to the YAML config")
     feed_cmd = commands.add_parser(
@@ -42,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "feed-serve":
         return _feed_serve(args)
-    return _serve(args.config)
+    return _serve(args.config, workers=args.workers, worker=args.worker)
 
 
 def _check_config(path: str) -> int:
@@ -88,13 +96,15 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _serve(path: str) -> int:
+def _serve(path: str, *, workers: int = 1, worker: bool = False) -> int:
     from extauthz.logs import configure_logging
     from extauthz.server import serve
 
     configure_logging()
     try:
-        asyncio.run(serve(path))
+        if workers > 1:
+            return _supervise(path, workers)
+        asyncio.run(serve(path, worker=worker))
     except ConfigError as err:
         print(f"extauthz: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -104,6 +114,24 @@ def _serve(path: str) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _supervise(path: str, workers: int) -> int:
+    """Check the config once here, so a bad one fails the command, not N workers."""
+    from extauthz.config import load_config
+    from extauthz.server import load_key_sets
+    from extauthz.workers import Supervisor, check_can_share_ports
+
+    config = load_config(path)
+    load_key_sets(config)
+    check_can_share_ports(config, workers)
+    return Supervisor(path, config, workers).run()
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")

@@ -20,6 +20,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from extauthz.config import Config, FeedConfig, load_config
 from extauthz.decision_log import BackgroundDecisionLog
@@ -59,9 +60,18 @@ def feed_source_for(feed: FeedConfig) -> PolledFeedSource | StreamedFeedSource:
 
 
 class Server:
-    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: CollectorRegistry | None = None,
+        *,
+        worker: bool = False,
+    ) -> None:
+        # As one of ``serve --workers N``: share the ports with the other workers
+        # (SO_REUSEPORT) and the metrics through prometheus-client's multiprocess files.
+        self.worker = worker
         self.runtime = Runtime(config, load_key_sets(config))
-        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics = Metrics(registry or CollectorRegistry(), multiprocess=worker)
         self.metrics.set_config(config.policy_version, config.mode)
         keys_loaded_at = time.time()
         for issuer, key_set in self.runtime.key_sets.items():
@@ -77,7 +87,7 @@ class Server:
             when_full=config.decision_log.when_full,
             on_drop=self.metrics.decision_log_dropped.inc,
         )
-        self.metrics.decision_log_pending.set_function(lambda: self.decision_log.pending)
+        self.metrics.track(self.metrics.decision_log_pending, lambda: self.decision_log.pending)
         self.handler = CheckHandler(
             self.runtime, self.metrics, self.decision_log, refetch_keys=self.keys.refetch
         )
@@ -85,7 +95,11 @@ class Server:
         # Set when a new snapshot was accepted and not yet written to feed.snapshot_file.
         self._snapshot_unsaved = False
         self.health = health_aio.HealthServicer()
-        self.http = HttpEndpoints(self.metrics.registry, lambda: self.runtime.ready)
+        exposed = self.metrics.registry
+        if worker:
+            exposed = CollectorRegistry()
+            MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
+        self.http = HttpEndpoints(exposed, lambda: self.runtime.ready, reuse_port=worker)
         self._watched = b""
         self._reload_lock = asyncio.Lock()
         self._grpc: grpc.aio.Server | None = None
@@ -177,7 +191,9 @@ class Server:
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
+                # Off unless workers share the port: a second extauthz on the same port
+                # must fail to start, not silently take half the traffic.
+                ("grpc.so_reuseport", 1 if self.worker else 0),
             ]
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
@@ -202,6 +218,8 @@ class Server:
             )
         self._tasks.append(asyncio.create_task(self._feed_loop(), name="feed-refresh"))
         self._tasks.append(asyncio.create_task(self.keys.run(), name="keys-refresh"))
+        if self.worker:
+            self._tasks.append(asyncio.create_task(self._sample_gauges(), name="gauges"))
         self._watched = await asyncio.to_thread(watched_digest, self.config)
         if self.config.server.reload_check > 0:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
@@ -269,6 +287,12 @@ class Server:
             await self._update_health()
             return True
 
+    async def _sample_gauges(self) -> None:
+        while not self._stopping.is_set():
+            self.metrics.sample_gauges()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 1.0)
+
     async def _watch_config(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -322,9 +346,9 @@ class Server:
         log.info("stopped")
 
 
-async def serve(config_path: str) -> None:
+async def serve(config_path: str, *, worker: bool = False) -> None:
     """Run until SIGTERM or SIGINT. Raises ConfigError when the config or keys are invalid."""
-    server = Server(load_config(config_path))
+    server = Server(load_config(config_path), worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Before start: a SIGTERM that arrives just after "serving" is logged must still drain.
