@@ -148,7 +148,7 @@ def _mutate(fdp: atheris.FuzzedDataProvider) -> external_auth_pb2.CheckRequest:
             body = bytearray(http.raw_body)
             body[fdp.ConsumeIntInRange(0, len(body) - 1)] = fdp.ConsumeInt(1) & 0xFF
             http.raw_body = bytes(body)
-        elif op == 7:
+        elif op == 7 and token:
             # A byte of the token changed: only the same token, or a deny, may come of it.
             at = fdp.ConsumeIntInRange(0, len(token) - 1)
             token = token[:at] + chr(fdp.ConsumeIntInRange(32, 126)) + token[at + 1 :]
