@@ -19,6 +19,7 @@ import hmac
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +302,23 @@ class Attack:
     oversized: bool = False
 
 
+def _unsigned_by(alg: str, signature: str, kit: Kit) -> str:
+    return unsigned(alg, signature, kit)
+
+
+def _hmac_with_rsa_public(alg: str, fmt: tuple[Encoding, PublicFormat], kit: Kit) -> str:
+    return hmac_token(alg, kit.public_bytes("rsa-1", *fmt))
+
+
+def _hmac_with_rsa_jwk(alg: str, kit: Kit) -> str:
+    return hmac_token(alg, json.dumps(public_jwk(kit.keys["rsa-1"], "rsa-1")).encode())
+
+
+def _signed_with(claim: str, value: object, kit: Kit) -> str:
+    overrides: dict[str, Any] = {claim: value}
+    return kit.signed(**overrides)
+
+
 def _rs(r: int, s: int) -> bytes:
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
@@ -317,7 +335,7 @@ OPENSSH = (Encoding.OpenSSH, PublicFormat.OpenSSH)
 ATTACKS: list[Attack] = [
     # alg: none (RFC 8725 §2.1; CVE-2015-2951 and the many libraries after it)
     *(
-        A(f"alg_{alg}_{sig}_signature", NOT_ALLOWED, lambda k, a=alg, s=sig: unsigned(a, s, k))
+        A(f"alg_{alg}_{sig}_signature", NOT_ALLOWED, partial(_unsigned_by, alg, sig))
         for alg in ("none", "None", "NONE", "nOnE")
         for sig in ("absent", "garbage", "valid_rs256")
     ),
@@ -333,7 +351,7 @@ ATTACKS: list[Attack] = [
         A(
             f"{alg}_keyed_with_rsa_public_{form}",
             NOT_ALLOWED,
-            lambda k, a=alg, f=fmt: hmac_token(a, k.public_bytes("rsa-1", *f)),
+            partial(_hmac_with_rsa_public, alg, fmt),
         )
         for alg in ("HS256", "HS384", "HS512")
         for form, fmt in (("spki_pem", SPKI), ("pkcs1_pem", PKCS1), ("der", DER))
@@ -342,9 +360,7 @@ ATTACKS: list[Attack] = [
         A(
             f"{alg}_keyed_with_rsa_public_jwk",
             NOT_ALLOWED,
-            lambda k, a=alg: hmac_token(
-                a, json.dumps(public_jwk(k.keys["rsa-1"], "rsa-1")).encode()
-            ),
+            partial(_hmac_with_rsa_jwk, alg),
         )
         for alg in ("HS256", "HS384", "HS512")
     ),
@@ -702,7 +718,7 @@ ATTACKS: list[Attack] = [
     ),
     # claims of the wrong type
     *(
-        A(f"sub_{name}", MALFORMED, lambda k, v=value: k.signed(sub=v))
+        A(f"sub_{name}", MALFORMED, partial(_signed_with, "sub", value))
         for name, value in (
             ("a_number", 1),
             ("a_list", ["alice"]),
@@ -717,7 +733,7 @@ ATTACKS: list[Attack] = [
         lambda k: duplicated(k, HEAD, append_members(body_json(sub=None), '"sub": null')),
     ),
     *(
-        A(f"aud_{name}", MALFORMED, lambda k, v=value: k.signed(aud=v))
+        A(f"aud_{name}", MALFORMED, partial(_signed_with, "aud", value))
         for name, value in (
             ("a_number", 1),
             ("an_object", {"aud": "x"}),
@@ -732,7 +748,7 @@ ATTACKS: list[Attack] = [
         lambda k: duplicated(k, HEAD, append_members(body_json(aud=None), '"aud": null')),
     ),
     *(
-        A(f"iss_{name}", Reason.TOKEN_WRONG_ISSUER, lambda k, v=value: k.signed(iss=v))
+        A(f"iss_{name}", Reason.TOKEN_WRONG_ISSUER, partial(_signed_with, "iss", value))
         for name, value in (("a_number", 1), ("a_list", [ISSUER]), ("an_object", {"iss": ISSUER}))
     ),
     A("iss_with_trailing_slash", Reason.TOKEN_WRONG_ISSUER, lambda k: k.signed(iss=ISSUER + "/")),
