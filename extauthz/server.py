@@ -2,8 +2,8 @@
 
 Health: the gRPC health service (overall and ``envoy.service.auth.v3.Authorization``) and
 ``/readyz`` report SERVING once config, keys and a first feed are loaded. On SIGTERM or
-SIGINT both turn NOT_SERVING, new RPCs are refused and in-flight checks get
-``server.shutdown_grace`` to finish.
+SIGINT both turn NOT_SERVING; checks are still answered for ``server.shutdown_delay``, then
+new RPCs are refused and in-flight checks get ``server.shutdown_grace`` to finish.
 """
 
 from __future__ import annotations
@@ -306,6 +306,10 @@ class Server:
         self._stopping.set()
         await self.health.enter_graceful_shutdown()
         self.http.draining = True
+        # Still answering, but NOT_SERVING: a proxy that health-checks us moves its traffic
+        # elsewhere before the listener closes, so no check meets a refused connection.
+        if self.config.server.shutdown_delay > 0:
+            await asyncio.sleep(self.config.server.shutdown_delay)
         if self._grpc is not None:
             await self._grpc.stop(self.config.server.shutdown_grace)
         for task in self._tasks:
