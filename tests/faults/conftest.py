@@ -28,9 +28,17 @@ def start_fault_stack() -> Iterator[StartFaultStack]:
     _require_envoy()
     started: list[FaultStack] = []
 
-    def start(overrides: dict[str, object] | None = None, **options: object) -> FaultStack:
+    def start(
+        overrides: dict[str, object] | None = None,
+        *,
+        prepare: Callable[[FaultStack], None] | None = None,
+        **options: object,
+    ) -> FaultStack:
+        """``prepare(stack)`` runs before the start (e.g. to publish the issuer's JWKS)."""
         stack = FaultStack(overrides=overrides, **options)  # type: ignore[arg-type]
         started.append(stack)
+        if prepare is not None:
+            prepare(stack)
         return stack.start()
 
     yield start

@@ -46,3 +46,41 @@ def test_rolling_restart_of_two_instances_drops_no_request(
     assert stats.get("cluster.extauthz.health_check.failure", 0) >= 2  # each one seen leaving
     # Every answer came from an extauthz decision: allows and denies alike carry its id.
     assert all(a.decision_id for a in answers)
+
+
+def test_extauthz_killed_under_load_fails_closed_then_recovers_on_the_same_port(
+    start_fault_stack: StartFaultStack,
+) -> None:
+    stack = start_fault_stack()
+    token = stack.delegated_token(agent="support-agent", user="alice", scope=SCOPE)
+
+    def send(i: int) -> tuple[str, str, str, int]:
+        return "GET", f"/tickets/{i}", token, 200
+
+    with Load(stack.ports.envoy, send, threads=3, max_seconds=60) as load:
+        load.wait_for(50)
+        killed = time.monotonic()
+        stack.kill_instance("a")  # SIGKILL: no drain, connections just vanish
+        wait_for(
+            lambda: sum(a.started > killed and a.status == 503 for a in load.snapshot()) >= 20,
+            "Envoy answering 503 while extauthz is gone",
+        )
+        restarted = time.monotonic()
+        stack.start_instance("a")
+        recovery = wait_for(
+            lambda: any(a.started > restarted and a.status == 200 for a in load.snapshot()),
+            "the first allow after the restart",
+            30,
+        )
+        load.wait_for(50)
+    answers = load.snapshot()
+    outage = [a for a in answers if killed + 0.05 < a.started < restarted]
+    assert outage and all(a.status == 503 and not a.reached_upstream for a in outage)
+    assert all(a.decision_id is None for a in outage)  # Envoy answered, nobody decided
+    # Fail closed, never open: no request reached the upstream without a decision.
+    assert all(a.decision_id for a in answers if a.reached_upstream)
+    assert {a.status for a in answers} <= {200, 503}
+    first_back = min(a.started for a in answers if a.started > restarted and a.status == 200)
+    assert all(a.status == 200 for a in answers if a.started > first_back + 0.05)
+    print(f"outage answers {len(outage)}, recovery {recovery:.2f}s after restart")
+    assert stack.metric("extauthz_decisions_total", decision="allow", reason="allowed") > 0
