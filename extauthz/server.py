@@ -33,6 +33,7 @@ from extauthz.http_endpoints import HttpEndpoints
 from extauthz.key_refresh import KeyRefresher
 from extauthz.metrics import Metrics
 from extauthz.reload import load_reload, watched_digest
+from extauthz.runtime_metrics import track_event_loop_tasks
 from extauthz.service import AuthorizationServicer, CheckHandler, Runtime
 from extauthz.tokens.keys import KeySet, load_jwks_file
 
@@ -168,6 +169,7 @@ class Server:
             log.error("cannot save the feed snapshot", extra={"path": str(path), "error": str(err)})
 
     async def start(self) -> None:
+        track_event_loop_tasks(self.metrics.registry, asyncio.get_running_loop())
         # Keys and feed at once; a large feed takes a moment to parse, so off the loop.
         keys_fetched = asyncio.create_task(self.keys.fetch_all())
         await asyncio.to_thread(self.restore_feed)

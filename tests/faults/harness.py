@@ -303,6 +303,7 @@ def edit_for_two_instances(config: dict[str, Any], second_grpc_port: int) -> Non
 
 @dataclass(frozen=True, slots=True)
 class Answer:
+    index: int  # the i given to send(i)
     started: float  # monotonic
     latency: float
     status: int  # 0: no HTTP answer at all (connection failed)
@@ -407,7 +408,7 @@ class Load:
                     connection.close()
                 connection = None
             answer = Answer(
-                started, time.monotonic() - started, status, expected, upstream, decision_id
+                i, started, time.monotonic() - started, status, expected, upstream, decision_id
             )
             with self._lock:
                 self.answers.append(answer)
