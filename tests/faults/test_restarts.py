@@ -16,10 +16,10 @@ SCOPE = "tickets:read tickets:write"
 def test_rolling_restart_of_two_instances_drops_no_request(
     start_fault_stack: StartFaultStack,
 ) -> None:
-    # Envoy health-checks every 100 ms: half a second of NOT_SERVING while still answering
-    # is enough for it to move all traffic to the other instance.
+    # Envoy health-checks every 100 ms: a second of NOT_SERVING while still answering is
+    # enough for it to move all traffic to the other instance, even on a loaded machine.
     stack = start_fault_stack(
-        {"server.shutdown_delay": "500ms", "server.shutdown_grace": "5s"}, instances=2
+        {"server.shutdown_delay": "1s", "server.shutdown_grace": "5s"}, instances=2
     )
     token = stack.delegated_token(agent="support-agent", user="alice", scope=SCOPE)
     denied = stack.delegated_token(agent="support-agent", user="alice", scope="tickets:read")
@@ -59,8 +59,8 @@ def test_extauthz_killed_under_load_fails_closed_then_recovers_on_the_same_port(
 
     with Load(stack.ports.envoy, send, threads=3, max_seconds=60) as load:
         load.wait_for(50)
-        killed = time.monotonic()
         stack.kill_instance("a")  # SIGKILL: no drain, connections just vanish
+        killed = time.monotonic()  # the process is gone: nothing after this can be decided
         wait_for(
             lambda: sum(a.started > killed and a.status == 503 for a in load.snapshot()) >= 20,
             "Envoy answering 503 while extauthz is gone",
@@ -74,7 +74,7 @@ def test_extauthz_killed_under_load_fails_closed_then_recovers_on_the_same_port(
         )
         load.wait_for(50)
     answers = load.snapshot()
-    outage = [a for a in answers if killed + 0.05 < a.started < restarted]
+    outage = [a for a in answers if killed < a.started < restarted]
     assert outage and all(a.status == 503 and not a.reached_upstream for a in outage)
     assert all(a.decision_id is None for a in outage)  # Envoy answered, nobody decided
     # Fail closed, never open: no request reached the upstream without a decision.
