@@ -4,7 +4,7 @@ VENV   := .venv
 TOOLS  := .tools
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: demo test lint unit e2e bench bench-feed bench-propagation proto fuzz tools \
+.PHONY: demo test lint unit e2e soak bench bench-feed bench-propagation proto fuzz tools \
 	deploy-tools deploy-check clean
 
 # The package and its test tools.
@@ -82,6 +82,10 @@ ENVOY_ENV := EXTAUTHZ_ENVOY=$(CURDIR)/$(TOOLS)/bin/envoy
 
 e2e: $(VENV)/.installed $(TOOLS)/.installed
 	$(ENVOY_ENV) $(VENV)/bin/pytest -m e2e
+
+# The soak test alone, with its figures printed; EXTAUTHZ_SOAK_SECONDS=600 for the long run.
+soak: $(VENV)/.installed $(TOOLS)/.installed
+	$(ENVOY_ENV) $(VENV)/bin/pytest -s tests/e2e/test_soak.py
 
 # Naming each deploy tool makes tests/deploy fail, not skip, if one is missing or broken.
 DEPLOY_ENV := EXTAUTHZ_HELM=$(HELM) \
