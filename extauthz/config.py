@@ -43,6 +43,13 @@ class ServerConfig:
     # After SIGTERM, how long to keep answering while health reports NOT_SERVING, before the
     # listener closes: long enough for a health-checking proxy to stop sending us checks.
     shutdown_delay: float = 0.0
+    # Checks in progress at most; past it gRPC refuses new ones at once (RESOURCE_EXHAUSTED,
+    # which Envoy answers with its status_on_error) instead of queueing without bound.
+    max_inflight: int = 256
+    # A check that arrives with less of its deadline left than this waited so long in the
+    # queue that deciding it would likely miss Envoy's timeout anyway: it is answered at
+    # once, 503 overloaded, at a fraction of the cost of deciding it. 0 turns this off.
+    min_time_left: float = 0.2
     # How often the config file (and the JWKS files it names) is checked for changes;
     # 0 turns watching off (SIGHUP still reloads).
     reload_check: float = 5.0
@@ -339,7 +346,15 @@ def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
 
 
 def _server(s: _Section) -> ServerConfig:
-    s.allow("grpc_listen", "http_listen", "shutdown_grace", "shutdown_delay", "reload_check")
+    s.allow(
+        "grpc_listen",
+        "http_listen",
+        "shutdown_grace",
+        "shutdown_delay",
+        "reload_check",
+        "max_inflight",
+        "min_time_left",
+    )
     default = ServerConfig()
     grpc_listen = _listen(s, "grpc_listen", default.grpc_listen)
     http_listen = _listen(s, "http_listen", default.http_listen)
@@ -348,12 +363,17 @@ def _server(s: _Section) -> ServerConfig:
         raise s.error("http_listen", "must differ from grpc_listen")
     reload_check = s.duration("reload_check", default.reload_check, allow_zero=True)
     delay = s.duration("shutdown_delay", default.shutdown_delay, allow_zero=True)
+    inflight = s.raw("max_inflight") if s.has("max_inflight") else default.max_inflight
+    if not isinstance(inflight, int) or isinstance(inflight, bool) or inflight < 1:
+        raise s.error("max_inflight", f"must be a whole number >= 1, got {inflight!r}")
     return ServerConfig(
         grpc_listen=grpc_listen,
         http_listen=http_listen,
         shutdown_grace=grace,
         shutdown_delay=delay,
         reload_check=reload_check,
+        max_inflight=inflight,
+        min_time_left=s.duration("min_time_left", default.min_time_left, allow_zero=True),
     )
 
 

@@ -45,6 +45,7 @@ class Reason(StrEnum):
     SCOPE_LACKS_PERMISSION = "scope_lacks_permission"
     FEED_STALE = "feed_stale"
     DECISION_LOG_UNAVAILABLE = "decision_log_unavailable"
+    OVERLOADED = "overloaded"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -94,6 +95,7 @@ OUTCOMES: dict[Reason, Outcome] = {
     Reason.FEED_STALE: Outcome(503, None),
     Reason.KEYS_UNAVAILABLE: Outcome(503, None),
     Reason.DECISION_LOG_UNAVAILABLE: Outcome(503, None),
+    Reason.OVERLOADED: Outcome(503, None),
     Reason.INTERNAL_ERROR: Outcome(500, None),
 }
 

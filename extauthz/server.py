@@ -191,12 +191,13 @@ class Server:
             await asyncio.to_thread(self.refresh_feed)
         await keys_fetched
         self._grpc = grpc.aio.server(
+            maximum_concurrent_rpcs=self.config.server.max_inflight,
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
                 # Off unless workers share the port: a second extauthz on the same port
                 # must fail to start, not silently take half the traffic.
                 ("grpc.so_reuseport", 1 if self.worker else 0),
-            ]
+            ],
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
             AuthorizationServicer(self.handler), self._grpc

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from extauthz.config import Config
@@ -134,10 +135,21 @@ class CheckHandler:
                 pending.decision = self._safe_decide(pending)
         return self._answer(pending)
 
-    def _decide(self, check: external_auth_pb2.CheckRequest) -> _Pending:
-        started = time.perf_counter()
-        pending = _Pending(
-            started,
+    def shed(self, check: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
+        """Answer 503 overloaded without deciding: the check waited in the queue until too
+        little of its deadline is left. Still logged and counted, like any answer."""
+        pending = self._pending()
+        try:
+            pending.request = request_from_check(check)
+        except Exception:  # the last line of defence: deny, log, keep serving
+            log.exception("check failed unexpectedly", extra={"decision_id": pending.decision_id})
+            return self._answer(pending)
+        pending.decision = Decision(Reason.OVERLOADED)
+        return self._answer(pending)
+
+    def _pending(self) -> _Pending:
+        return _Pending(
+            time.perf_counter(),
             # 128 random bits, as a uuid4 has, at a third of the cost.
             os.urandom(16).hex(),
             _EMPTY_REQUEST,
@@ -145,6 +157,9 @@ class CheckHandler:
             self.clock(),
             Decision(Reason.INTERNAL_ERROR),
         )
+
+    def _decide(self, check: external_auth_pb2.CheckRequest) -> _Pending:
+        pending = self._pending()
         try:
             pending.request = request_from_check(check)
         except Exception:  # the last line of defence: deny, log, keep serving
@@ -219,6 +234,13 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self.handler = handler
 
     async def Check(
-        self, request: external_auth_pb2.CheckRequest, context: object
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
+        # Past saturation checks queue up; one that arrives with almost none of its
+        # deadline left is answered at once instead of decided too late for anyone.
+        min_time_left = self.handler.runtime.config.server.min_time_left
+        if min_time_left > 0:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining < min_time_left:
+                return self.handler.shed(request)
         return await self.handler.check_refetching_keys(request)

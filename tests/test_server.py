@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import math
@@ -867,3 +868,73 @@ async def test_a_streamed_feed_makes_the_server_ready_and_a_change_denies_at_onc
             await server.stop()
     finally:
         await publisher.stop(grace=0.1)
+
+
+# --- overload ---------------------------------------------------------------------------------
+
+
+def overload_config(dest: Path, issuer: LocalIssuer, **server: Any) -> Config:
+    def edit(d: dict[str, Any]) -> None:
+        d["server"] = {"grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0", **server}
+
+    return load_config(make_deployment(dest, issuer, edit))
+
+
+async def test_a_check_with_too_little_deadline_left_is_shed_at_once(
+    tmp_path: Path, issuer: LocalIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = Server(overload_config(tmp_path, issuer, min_time_left="200ms"), CollectorRegistry())
+    await server.start()
+    try:
+        request = check_request(headers=bearer(delegated_token(issuer)))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            shed = await stub.Check(request, timeout=0.1)  # arrives with < 200 ms left
+            decided = await stub.Check(request, timeout=5)
+        assert shed.denied_response.status.code == 503
+        assert dict(shed.dynamic_metadata)["reason"] == "overloaded"
+        assert decided.status.code == code_pb2.OK
+        labels = {"decision": "deny", "reason": "overloaded"}
+        assert sample(server, "extauthz_decisions_total", labels) == 1.0
+    finally:
+        await server.stop()
+    reasons = [json.loads(x)["reason"] for x in capsys.readouterr().out.splitlines()]
+    assert reasons == ["overloaded", "allowed"]
+
+
+async def test_checks_beyond_max_inflight_are_refused_not_queued(tmp_path: Path) -> None:
+    idp_keys = LocalIssuer()
+    with local_http_server() as idp:
+        idp.replies["/jwks"] = Reply(body=json.dumps(idp_keys.jwks()).encode())
+        config = jwks_url_config(tmp_path, idp_keys, idp.url("/jwks"))
+        config = dataclasses.replace(
+            config, server=dataclasses.replace(config.server, max_inflight=1)
+        )
+        server = Server(config, CollectorRegistry())
+        await server.start()
+        try:
+            # A made-up kid while the IdP hangs: the check waits for the refetch, in flight.
+            idp.replies["/jwks"] = Reply(misbehave="hang", hang_s=2.0)
+            slow = idp_keys.token(
+                sub="alice",
+                audience=AUDIENCE,
+                client_id="support-agent",
+                header={"kid": "made-up"},
+            )
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+                waiting = asyncio.ensure_future(
+                    stub.Check(check_request(headers=bearer(slow)), timeout=5)
+                )
+
+                async def refetching() -> bool:  # the first check now waits on the IdP
+                    return len(idp.paths_requested("/jwks")) == 2
+
+                await eventually(refetching)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.Check(check_request(headers=bearer(slow)), timeout=5)
+                assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                first = await waiting
+            assert first.denied_response.status.code == 401  # key_unknown after the wait
+        finally:
+            await server.stop()

@@ -88,3 +88,15 @@ def test_dry_run_lets_denied_requests_through_without_identity(start_stack: Star
     line = stack.wait_for_decision(response.decision_id or "")
     assert (line["decision"], line["reason"], line["mode"]) == ("deny", "token_missing", "dry_run")
     assert (line["status"], line["would_status"]) == (200, 401)
+
+
+def test_envoys_deadline_reaches_extauthz_and_a_late_check_is_shed(
+    start_stack: StartStack,
+) -> None:
+    # min_time_left above Envoy's 1 s ext_authz timeout: every check arrives "too late".
+    stack = start_stack({"server.min_time_left": "2s"})
+    token = stack.delegated_token(agent="support-agent", user="alice", scope=SUPPORT_SCOPE)
+    response = stack.request("GET", "/tickets/1", token=token)
+    assert (response.status, response.reason) == (503, "overloaded")
+    assert not response.from_upstream
+    assert stack.metric("extauthz_decisions_total", decision="deny", reason="overloaded") == 1.0
