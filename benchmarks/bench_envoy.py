@@ -454,21 +454,25 @@ class Bench:
                 argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config)]
             proc = Proc(name, argv, self.workdir, stdout=subprocess.PIPE)
             assert proc.popen.stdout is not None
-            run.decision_log = LineCounter(proc.popen.stdout)  # type: ignore[arg-type]
+            run.decision_log = LineCounter(proc.popen.stdout)
             run.authorizer = proc
             run.cursor = 0
             self.procs.append(proc)
         for run in self.running:
-            proc = run.authorizer
-            if proc is None:
+            started = run.authorizer
+            if started is None:
                 continue
             if run.case.authorizer == "extauthz":
                 url = f"http://127.0.0.1:{run.http_port}/readyz"
-                wait_until(f"{proc.name} /readyz", lambda u=url: http_ok(u), [proc])  # type: ignore[misc]
+                wait_until(f"{started.name} /readyz", lambda u=url: http_ok(u), [started])  # type: ignore[misc]
             else:
-                port = run.authorizer_port
-                assert port is not None
-                wait_until(f"{proc.name} port", lambda p=port: accepts(p), [proc])  # type: ignore[misc]
+                listening = run.authorizer_port
+                assert listening is not None
+                wait_until(
+                    f"{started.name} port",
+                    lambda p=listening: accepts(p),  # type: ignore[misc]
+                    [started],
+                )
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -799,7 +803,7 @@ def expected_seconds(args: argparse.Namespace) -> float:
     setup = 10 + args.tokens * 0.00035
     per_round = 3 + (authorizers + 1) * 1.5 + authorizers * 1.2
     per_run = args.unloaded_seconds + args.seconds + 0.6
-    return setup + args.rounds * (per_round + len(MODES) * len(args.cases) * per_run)
+    return float(setup + args.rounds * (per_round + len(MODES) * len(args.cases) * per_run))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

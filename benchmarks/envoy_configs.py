@@ -27,6 +27,13 @@ FILTERS = ("none", "jwt_authn", "ext_authz")
 _TYPE_PREFIX = "type.googleapis.com/envoy.extensions."
 
 
+def load_deployed() -> dict[str, Any]:
+    config = yaml.safe_load(DEPLOYED.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{DEPLOYED}: expected a YAML mapping")
+    return config
+
+
 def _endpoint(port: int) -> dict[str, Any]:
     return {
         "lb_endpoints": [
@@ -60,7 +67,7 @@ def front_config(
     """The deployed front proxy with ``filter_kind`` as its authorization filter."""
     if filter_kind not in FILTERS:
         raise ValueError(f"unknown filter kind {filter_kind!r}")
-    config = yaml.safe_load(DEPLOYED.read_text())
+    config = load_deployed()
     config["admin"]["address"]["socket_address"]["port_value"] = admin
     config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listen
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
@@ -113,7 +120,7 @@ def jwt_authn_filter(jwks: dict[str, Any], issuer: str, audience: str) -> dict[s
 def upstream_config(*, listen: int, admin: int) -> dict[str, Any]:
     """An Envoy that answers every request 200 with a short body: the protected service.
     The deployed listener, without access log, authorization or clusters."""
-    config = yaml.safe_load(DEPLOYED.read_text())
+    config = load_deployed()
     config["admin"]["address"]["socket_address"]["port_value"] = admin
     listener = config["static_resources"]["listeners"][0]
     listener["name"] = "upstream"

@@ -53,7 +53,7 @@ class Naive(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
             return deny(401)
         token = header[len("Bearer ") :]
         try:
-            key = self.keys[jwt.get_unverified_header(token).get("kid")]
+            key = self.keys[str(jwt.get_unverified_header(token).get("kid"))]
             claims = jwt.decode(
                 token,
                 key.key,
@@ -92,7 +92,8 @@ def load_users(feed: Path) -> dict[str, list[str]]:
 
 
 def load_keys(jwks: Path) -> dict[str, Any]:
-    return {key.key_id: key for key in jwt.PyJWKSet.from_json(jwks.read_text()).keys}
+    keys = jwt.PyJWKSet.from_json(jwks.read_text()).keys
+    return {key.key_id: key for key in keys if key.key_id is not None}
 
 
 async def serve(args: argparse.Namespace) -> None:
