@@ -4,7 +4,8 @@ VENV   := .venv
 TOOLS  := .tools
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: demo test lint unit e2e bench bench-check bench-decide bench-feed tools deploy-tools deploy-check clean
+.PHONY: demo test lint unit e2e bench bench-check bench-decide bench-feed bench-propagation \
+	proto tools deploy-tools deploy-check clean
 
 # The package and its test tools.
 $(VENV)/.installed: pyproject.toml
@@ -114,6 +115,14 @@ bench-decide: $(VENV)/.installed
 # Generates a feed of 1,000,000 users and prints load time and memory (about a minute).
 bench-feed: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/bench_feed_scale.py
+
+# Regenerates extauthz/feed/v1/ from proto/; commit the result (a test checks it is in sync).
+proto: $(VENV)/.installed
+	$(VENV)/bin/python proto/generate.py
+
+# Feed change -> first decision reflecting it, for the polled file and the stream (median, p90).
+bench-propagation: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/bench_propagation.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -128,6 +128,15 @@ class FeedConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionLogConfig:
+    # Lines queued for the writer thread at most; beyond that, see when_full.
+    max_pending: int = 10_000
+    # deny: refuse checks whose line cannot be kept (no allow goes unaudited); drop: keep
+    # answering and count the lost lines.
+    when_full: Literal["deny", "drop"] = "deny"
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseConfig:
     # The upstream gets identity headers; the agent's token is withheld unless it needs it.
     forward_authorization: bool = False
@@ -146,6 +155,7 @@ class Config:
     resources: ResourceTable
     feed: FeedConfig
     response: ResponseConfig
+    decision_log: DecisionLogConfig = DecisionLogConfig()
 
 
 T = TypeVar("T")
@@ -284,7 +294,17 @@ def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
     # Resolved once, so a later change of working directory cannot move the files.
     base = file.parent.resolve()
     top = _Section(str(file), "", data)
-    top.allow("server", "mode", "issuers", "tokens", "agents", "resources", "feed", "response")
+    top.allow(
+        "server",
+        "mode",
+        "issuers",
+        "tokens",
+        "agents",
+        "resources",
+        "feed",
+        "response",
+        "decision_log",
+    )
     server = _server(top.section("server"))
     mode = top.choice("mode", ("enforce", "dry_run"), "enforce")
     issuers = _unique(
@@ -299,6 +319,7 @@ def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
     resources = _resources(top)
     feed = _feed(top.section("feed", required=True), base, issuers)
     response = _response(top.section("response"))
+    decision_log = _decision_log(top.section("decision_log"))
     return Config(
         path=file,
         policy_version=policy_version,
@@ -310,6 +331,7 @@ def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
         resources=ResourceTable(resources),
         feed=feed,
         response=response,
+        decision_log=decision_log,
     )
 
 
@@ -594,6 +616,11 @@ def _feed(s: _Section, base: Path, issuers: Mapping[str, IssuerConfig]) -> FeedC
         for name in ("timeout", "retries", "credentials_file", "credentials_env", "ca_file"):
             if s.has(name):
                 raise s.error(name, "only applies to an http(s):// or grpc:// feed source")
+    if kind == "grpc":
+        # A stream reconnects with its own backoff, and grpc:// is plaintext.
+        for name in ("retries", "ca_file"):
+            if s.has(name):
+                raise s.error(name, "does not apply to a grpc:// feed source")
     if s.has("credentials_file") and s.has("credentials_env"):
         raise s.error("credentials_env", "give only one of credentials_file, credentials_env")
     retries = s.raw("retries") if s.has("retries") else default.retries
@@ -627,6 +654,20 @@ def _check_grpc_address(s: _Section, source: str, plain_http: bool) -> None:
         raise s.error("source", f"must be grpc://host:port, got {source!r}")
     # grpc:// is plaintext: the same rule as http:// applies.
     _check_url(s, "source", f"http://{host}:{port}", ("http",), plain_http)
+
+
+def _decision_log(s: _Section) -> DecisionLogConfig:
+    s.allow("max_pending", "when_full")
+    default = DecisionLogConfig()
+    pending = s.raw("max_pending") if s.has("max_pending") else default.max_pending
+    if not isinstance(pending, int) or isinstance(pending, bool) or pending < 1:
+        raise s.error("max_pending", f"must be a whole number >= 1, got {pending!r}")
+    return DecisionLogConfig(
+        max_pending=pending,
+        when_full=s.choice(  # type: ignore[arg-type]  # checked by choice()
+            "when_full", ("deny", "drop"), default.when_full
+        ),
+    )
 
 
 def _response(s: _Section) -> ResponseConfig:

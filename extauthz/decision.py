@@ -23,6 +23,7 @@ from extauthz.feed.cache import FeedState
 from extauthz.model import Decision, Identity, RequestAttributes
 from extauthz.permissions import GrantSet
 from extauthz.routes import McpToolUnknown, RouteMatch, match_route
+from extauthz.tokens.cache import VerifiedTokens
 from extauthz.tokens.identity import identity_from_claims
 from extauthz.tokens.keys import KeySet
 from extauthz.tokens.verify import bearer_token, validate_claims, verify_signature
@@ -36,6 +37,8 @@ class PolicyView:
     config: Config
     key_sets: Mapping[str, KeySet]
     feed: FeedState
+    # Verifications already done under this config and these keys (None: no memo).
+    verified_tokens: VerifiedTokens | None = None
 
 
 class _Trace:
@@ -100,7 +103,12 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
     trace = _Trace(resource.name if resource else None, resource.audience if resource else None)
     try:
         token = bearer_token(request.headers.get("authorization"))
-        signed = verify_signature(token, config.issuers, view.key_sets, config.tokens)
+        cache = view.verified_tokens
+        signed = cache.get(token) if cache is not None else None
+        if signed is None:
+            signed = verify_signature(token, config.issuers, view.key_sets, config.tokens)
+            if cache is not None:
+                cache.put(token, signed)
         trace.issuer = signed.issuer
         trace.client_id = _claim_str(signed.claims, "client_id")
         trace.jti = _claim_str(signed.claims, "jti")

@@ -1,15 +1,29 @@
-"""One JSON line per decision, on stdout, flushed as written.
+"""One JSON line per decision, on stdout.
 
 The record is built field by field from the Decision and request attributes: it has no
 field that could carry the token or any header value, so a token cannot leak into it.
 Operational logs go to stderr (see ``logs.py``), so a collector can route the two apart.
+
+``DecisionLog`` writes and flushes each line as it comes. The server uses
+``BackgroundDecisionLog``: lines go to a writer thread that writes whatever has queued up
+in one write and flush, so a slow or stalled collector never blocks the checks. Its queue
+is bounded; when it is full the line is counted as dropped and, by default
+(``decision_log.when_full: deny``), the check is refused, because an allow nobody can audit
+is worse than a refused request. ``drop`` keeps answering instead.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Literal, Protocol, TextIO
+
+import orjson
 
 from extauthz.model import Decision, RequestAttributes
 
@@ -108,6 +122,12 @@ def _bounded(text: str) -> str:
     return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + "…"
 
 
+class DecisionSink(Protocol):
+    def write(self, record: dict[str, Any]) -> None:
+        """Record one decision line. Raises OSError or ValueError when it cannot be kept."""
+        ...
+
+
 class DecisionLog:
     """Writes decision lines to a text stream (stdout in production)."""
 
@@ -115,9 +135,129 @@ class DecisionLog:
         self._stream = stream
 
     def write(self, record: dict[str, Any]) -> None:
-        self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
-        # ASCII-only JSON: a client-sent lone surrogate ("\ud800") must not make the line
-        # unwritable on a UTF-8 stream and so drop the audit record.
+        self._stream.write(encode_line(record))
         # Flushed per line: a collector must see each decision within a second, and a
         # crash must not take buffered audit lines with it.
         self._stream.flush()
+
+
+def encode_line(record: dict[str, Any]) -> str:
+    """One compact, ASCII-only JSON line. ASCII-only: a client-sent lone surrogate
+    ("\ud800") must not make the line unwritable on a UTF-8 stream and so drop the audit
+    record. orjson encodes in C; the rare line with non-ASCII text (or a surrogate, which
+    orjson refuses) goes through the standard encoder, which escapes it."""
+    try:
+        encoded = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        encoded = b""
+    if encoded and encoded.isascii():
+        return encoded.decode("ascii")
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+WhenFull = Literal["deny", "drop"]
+log = logging.getLogger("extauthz.decision_log")
+
+
+class DecisionLogFull(OSError):
+    """The writer is behind by its whole queue (or cannot write at all): the line is lost."""
+
+
+_STOP = object()
+# Lines written per write() call at most, so one batch stays a few megabytes.
+_BATCH_LINES = 4096
+_PROBE_INTERVAL = 1.0
+
+
+class BackgroundDecisionLog:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        max_pending: int = 10_000,
+        when_full: WhenFull = "deny",
+        on_drop: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        self._stream = stream
+        self.max_pending = max_pending
+        self.when_full = when_full
+        self._on_drop = on_drop
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # Each counter has one writer (the checks, or the writer thread), so no lock.
+        self._queued = 0
+        self._done = 0
+        self._failing = False
+        self._next_probe = 0.0
+        self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Lines handed over and not yet written (or dropped)."""
+        return self._queued - self._done
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Queue one line. Raises DecisionLogFull when the line cannot be kept and
+        ``when_full`` is deny; with drop, the line is counted and the call returns."""
+        if self.pending >= self.max_pending or (self._failing and not self._probe_due()):
+            self._on_drop(1)
+            if self.when_full == "deny":
+                raise DecisionLogFull("decision log writer is behind or failing")
+            return
+        self._queued += 1
+        self._queue.put(encode_line(record))
+
+    def _probe_due(self) -> bool:
+        """While writes fail, one line a second still goes to the writer: the one that
+        finds the stream writable again ends the failing state."""
+        now = time.monotonic()
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + _PROBE_INTERVAL
+        return True
+
+    def close(self, timeout: float) -> bool:
+        """Write what is queued, then stop the thread. True when all was written in time."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < _BATCH_LINES:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop = True
+                    break
+                batch.append(more)
+            self._write(batch)  # type: ignore[arg-type]  # only lines besides _STOP
+            if stop:
+                return
+
+    def _write(self, batch: list[str]) -> None:
+        try:
+            self._stream.write("".join(batch))
+            self._stream.flush()
+        except (OSError, ValueError) as err:
+            self._on_drop(len(batch))
+            if not self._failing:
+                self._next_probe = time.monotonic() + _PROBE_INTERVAL
+                log.error(
+                    "decision log cannot be written; lines are dropped and counted",
+                    extra={"error": str(err), "lines": len(batch)},
+                )
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("decision log writes again")
+            self._failing = False
+        finally:
+            self._done += len(batch)

@@ -6,13 +6,13 @@ turns a Decision into a CheckResponse. The domain never imports Envoy's protos.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from extauthz.config import ResponseConfig
@@ -113,48 +113,78 @@ def check_response(
 ) -> external_auth_pb2.CheckResponse:
     """Build Envoy's answer. With ``enforce`` False (dry run) a deny is sent as an allow
     that carries no identity, since an untrusted identity must not reach the upstream."""
-    metadata = struct_pb2.Struct()
-    metadata.update(
-        {"decision_id": decision_id, "reason": decision.reason.value, "allowed": decision.allowed}
-    )
     if decision.allowed or not enforce:
-        return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=code_pb2.OK),
-            ok_response=_ok_response(decision, decision_id, response_config),
-            dynamic_metadata=metadata,
+        response = _ok_response(decision, decision_id, response_config)
+    else:
+        answer = answer_for(decision, decision_id, response_config.realm)
+        headers = [_header("content-type", "application/json")]
+        if answer.www_authenticate is not None:
+            headers.append(_header("www-authenticate", answer.www_authenticate))
+        headers.append(_header(HEADER_DECISION_ID, decision_id))
+        response = external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(
+                code=_GRPC_CODE_OF_STATUS.get(answer.status, code_pb2.UNKNOWN)
+            ),
+            denied_response=external_auth_pb2.DeniedHttpResponse(
+                status=http_status_pb2.HttpStatus(code=answer.status),
+                headers=headers,
+                body=answer.body or "",
+            ),
         )
-    answer = answer_for(decision, decision_id, response_config.realm)
-    headers = [_header("content-type", "application/json")]
-    if answer.www_authenticate is not None:
-        headers.append(_header("www-authenticate", answer.www_authenticate))
-    headers.append(_header(HEADER_DECISION_ID, decision_id))
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=_GRPC_CODE_OF_STATUS.get(answer.status, code_pb2.UNKNOWN)),
-        denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=answer.status),
-            headers=headers,
-            body=answer.body or "",
-        ),
-        dynamic_metadata=metadata,
-    )
+    metadata = response.dynamic_metadata.fields
+    metadata["decision_id"].string_value = decision_id
+    metadata["reason"].string_value = decision.reason.value
+    metadata["allowed"].bool_value = decision.allowed
+    return response
 
 
 def _ok_response(
     decision: Decision, decision_id: str, response_config: ResponseConfig
-) -> external_auth_pb2.OkHttpResponse:
-    values: dict[str, str | None] = {HEADER_DECISION_ID: decision_id}
+) -> external_auth_pb2.CheckResponse:
     identity = decision.identity if decision.allowed else None
-    values[HEADER_AGENT] = identity.agent if identity else None
-    values[HEADER_USER] = identity.user if identity else None
-    values[HEADER_PERMISSION] = decision.permission if decision.allowed else None
-    # Headers the client sent under our names are overwritten or removed, never passed on.
-    remove = [name for name, value in values.items() if value is None]
+    values = (
+        decision_id,
+        identity.agent if identity else None,
+        identity.user if identity else None,
+        decision.permission if decision.allowed else None,
+    )
+    template = _ok_template(
+        response_config.forward_authorization, tuple(v is not None for v in values)
+    )
+    # A copy of a prepared message, with the values filled in, costs a quarter of
+    # building the headers and removals afresh on every check.
+    response = external_auth_pb2.CheckResponse()
+    response.CopyFrom(template)
+    headers = response.ok_response.headers
+    for option, value in zip(headers, (v for v in values if v is not None), strict=True):
+        option.header.value = value
+    return response
+
+
+_IDENTITY_HEADERS = (HEADER_DECISION_ID, HEADER_AGENT, HEADER_USER, HEADER_PERMISSION)
+
+
+@functools.cache
+def _ok_template(
+    forward_authorization: bool, present: tuple[bool, ...]
+) -> external_auth_pb2.CheckResponse:
+    """The allow answer with our headers set (values to be filled in, in order) and
+    removed where there is nothing to say: headers a client sent under our names are
+    overwritten or removed, never passed on."""
+    remove = [name for name, there in zip(_IDENTITY_HEADERS, present, strict=True) if not there]
     remove.extend(METHOD_OVERRIDE_HEADERS)
-    if not response_config.forward_authorization:
+    if not forward_authorization:
         remove.append("authorization")
-    return external_auth_pb2.OkHttpResponse(
-        headers=[_header(name, value) for name, value in values.items() if value is not None],
-        headers_to_remove=remove,
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK),
+        ok_response=external_auth_pb2.OkHttpResponse(
+            headers=[
+                _header(name, "")
+                for name, there in zip(_IDENTITY_HEADERS, present, strict=True)
+                if there
+            ],
+            headers_to_remove=remove,
+        ),
     )
 
 

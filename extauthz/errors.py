@@ -44,6 +44,7 @@ class Reason(StrEnum):
     USER_LACKS_PERMISSION = "user_lacks_permission"
     SCOPE_LACKS_PERMISSION = "scope_lacks_permission"
     FEED_STALE = "feed_stale"
+    DECISION_LOG_UNAVAILABLE = "decision_log_unavailable"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -92,6 +93,7 @@ OUTCOMES: dict[Reason, Outcome] = {
     Reason.MCP_REQUEST_INVALID: Outcome(400, "invalid_request"),
     Reason.FEED_STALE: Outcome(503, None),
     Reason.KEYS_UNAVAILABLE: Outcome(503, None),
+    Reason.DECISION_LOG_UNAVAILABLE: Outcome(503, None),
     Reason.INTERNAL_ERROR: Outcome(500, None),
 }
 

@@ -18,9 +18,12 @@ _READ_TIMEOUT = 5.0
 
 
 class HttpEndpoints:
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, ready: Callable[[], bool], *, reuse_port: bool = False
+    ) -> None:
         self.registry = registry
         self.ready = ready
+        self.reuse_port = reuse_port
         self.draining = False
         self._server: asyncio.Server | None = None
 
@@ -28,7 +31,11 @@ class HttpEndpoints:
         """Listen on ``host:port``; returns the bound port (useful with port 0)."""
         host, _, port = listen.rpartition(":")
         self._server = await asyncio.start_server(
-            self._handle, host.strip("[]"), int(port), limit=_MAX_HEAD
+            self._handle,
+            host.strip("[]"),
+            int(port),
+            limit=_MAX_HEAD,
+            reuse_port=self.reuse_port or None,
         )
         return int(self._server.sockets[0].getsockname()[1])
 

@@ -32,8 +32,16 @@ RELOAD_OUTCOMES = ("success", "error")
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """Every metric extauthz exports. With ``multiprocess`` (``serve --workers``), values
+    live in prometheus-client's shared files and are summed or maxed across workers at
+    scrape time; gauges computed on demand are then sampled by ``sample_gauges`` instead,
+    since such files hold only values that were set."""
+
+    def __init__(self, registry: CollectorRegistry, *, multiprocess: bool = False) -> None:
         self.registry = registry
+        self.multiprocess = multiprocess
+        self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
+        self._config_labels: tuple[str, str] | None = None
         self.check_duration = Histogram(
             "extauthz_check_duration_seconds",
             "Time to decide one ext_authz Check, from request received to response built.",
@@ -50,11 +58,13 @@ class Metrics:
         self.feed_age = Gauge(
             "extauthz_feed_age_seconds",
             "Seconds since the user-permission feed was last refreshed; +Inf before the first.",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.feed_users = Gauge(
             "extauthz_feed_users",
             "Users in the current feed snapshot, disabled ones included.",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.feed_refreshes = Counter(
@@ -67,6 +77,7 @@ class Metrics:
             "extauthz_issuer_keys",
             "Signing keys loaded per configured issuer.",
             ["issuer"],
+            multiprocess_mode="livemin",
             registry=registry,
         )
         self.keys_refreshes = Counter(
@@ -79,16 +90,19 @@ class Metrics:
             "extauthz_keys_age_seconds",
             "Seconds since the issuer's keys were last fetched or confirmed; +Inf before.",
             ["issuer"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.feed_revoked_tokens = Gauge(
             "extauthz_feed_revoked_tokens",
             "Revoked token ids (jti) in the current feed snapshot, not yet expired.",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.feed_disabled_agents = Gauge(
             "extauthz_feed_disabled_agents",
             "Agents the current feed snapshot disables.",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.config_reloads = Counter(
@@ -100,18 +114,32 @@ class Metrics:
         self.config_restart_required = Gauge(
             "extauthz_config_restart_required",
             "1 when the config file changes settings that only take effect on restart.",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.decision_log_dropped = Counter(
+            "extauthz_decision_log_dropped_total",
+            "Decision lines that could not be written (queue full or stdout failing).",
+            registry=registry,
+        )
+        self.decision_log_pending = Gauge(
+            "extauthz_decision_log_pending",
+            "Decision lines queued for the writer and not yet written.",
+            multiprocess_mode="livesum",
             registry=registry,
         )
         self.build_info = Gauge(
             "extauthz_build_info",
             "Always 1; labels say which extauthz and Python are running.",
             ["version", "python"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.config_info = Gauge(
             "extauthz_config_info",
             "Always 1; labels say which policy version and mode are in force.",
             ["policy_version", "mode"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
@@ -134,17 +162,38 @@ class Metrics:
         self._duration_children[_decision_label(reason)].observe(seconds)
         self._decision_children[reason].inc()
 
+    def track(self, gauge: Gauge, value: Callable[[], float]) -> None:
+        """Export ``value()`` as ``gauge``: read at scrape time, or (multiprocess) at
+        every ``sample_gauges``."""
+        if self.multiprocess:
+            self._sampled.append((gauge, value))
+            gauge.set(value())
+        else:
+            gauge.set_function(value)
+
+    def sample_gauges(self) -> None:
+        for gauge, value in self._sampled:
+            gauge.set(value())
+
     def track_feed_age(self, age: Callable[[], float | None]) -> None:
-        self.feed_age.set_function(lambda: _or_inf(age()))
+        self.track(self.feed_age, lambda: _or_inf(age()))
 
     def track_issuer(self, issuer: str, age: Callable[[], float | None]) -> None:
         """Make every key-refresh series of ``issuer`` exist at zero, and export its age."""
         for refresh_outcome in REFRESH_OUTCOMES:
             self.keys_refreshes.labels(issuer, refresh_outcome)
-        self.keys_age.labels(issuer).set_function(lambda: _or_inf(age()))
+        child = self.keys_age.labels(issuer)
+        self._sampled = [(g, v) for g, v in self._sampled if g is not child]
+        self.track(child, lambda: _or_inf(age()))
 
     def set_config(self, policy_version: str, mode: str) -> None:
-        self.config_info.clear()
+        # The series of a policy no longer in force reads 0 where it cannot be removed
+        # (the shared files of multiprocess mode keep every series they have seen).
+        if self._config_labels is not None:
+            self.config_info.labels(*self._config_labels).set(0)
+            if not self.multiprocess:  # clear() is not implemented there
+                self.config_info.clear()
+        self._config_labels = (policy_version, mode)
         self.config_info.labels(policy_version, mode).set(1)
 
 

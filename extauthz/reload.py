@@ -67,13 +67,17 @@ def load_reload(running: Config) -> Reloaded:
         for field in dataclasses.fields(running.server)
         if getattr(running.server, field.name) != getattr(new.server, field.name)
     ]
+    if running.decision_log != new.decision_log:
+        restart.append("decision_log")
     kept: dict[str, object] = {}
     for name in FEED_RESTART_FIELDS:
         if getattr(running.feed, name) != getattr(new.feed, name):
             restart.append(f"feed.{name}")
             kept[name] = getattr(running.feed, name)
     feed = dataclasses.replace(new.feed, **kept)  # type: ignore[arg-type]
-    merged = dataclasses.replace(new, server=running.server, feed=feed)
+    merged = dataclasses.replace(
+        new, server=running.server, feed=feed, decision_log=running.decision_log
+    )
     file_keys = {
         i.issuer: load_jwks_file(i.issuer, i.jwks_file)
         for i in merged.issuers.values()

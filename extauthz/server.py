@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import sys
@@ -21,14 +20,16 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from extauthz.config import Config, FeedConfig, load_config
-from extauthz.decision_log import DecisionLog
+from extauthz.decision_log import BackgroundDecisionLog
 from extauthz.errors import ConfigError, FeedError, KeysError
 from extauthz.feed.file_source import FileFeedSource
 from extauthz.feed.http_source import HttpFeedSource
 from extauthz.feed.last_good import load_snapshot, save_snapshot
 from extauthz.feed.sources import PolledFeedSource, RefreshOutcome, StreamedFeedSource
+from extauthz.feed.stream_source import GrpcFeedSource
 from extauthz.http_endpoints import HttpEndpoints
 from extauthz.key_refresh import KeyRefresher
 from extauthz.metrics import Metrics
@@ -54,17 +55,23 @@ def feed_source_for(feed: FeedConfig) -> PolledFeedSource | StreamedFeedSource:
     if feed.kind == "http":
         return HttpFeedSource(feed)
     if feed.kind == "grpc":
-        # Imported by name: the streaming source lands separately (its generated stubs).
-        stream_source = importlib.import_module("extauthz.feed.stream_source")
-        streamed: StreamedFeedSource = stream_source.GrpcFeedSource(feed)
-        return streamed
+        return GrpcFeedSource(feed)
     return FileFeedSource(feed.path, feed.max_bytes)
 
 
 class Server:
-    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: CollectorRegistry | None = None,
+        *,
+        worker: bool = False,
+    ) -> None:
+        # As one of ``serve --workers N``: share the ports with the other workers
+        # (SO_REUSEPORT) and the metrics through prometheus-client's multiprocess files.
+        self.worker = worker
         self.runtime = Runtime(config, load_key_sets(config))
-        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics = Metrics(registry or CollectorRegistry(), multiprocess=worker)
         self.metrics.set_config(config.policy_version, config.mode)
         keys_loaded_at = time.time()
         for issuer, key_set in self.runtime.key_sets.items():
@@ -74,14 +81,25 @@ class Server:
             self.metrics.keys_refreshes.labels(issuer, "success").inc()
         self.keys = KeyRefresher(config.issuers.values(), self._publish_keys, self.metrics)
         self.metrics.track_feed_age(lambda: self.runtime.feed.state.age(time.time()))
+        self.decision_log = BackgroundDecisionLog(
+            sys.stdout,
+            max_pending=config.decision_log.max_pending,
+            when_full=config.decision_log.when_full,
+            on_drop=self.metrics.decision_log_dropped.inc,
+        )
+        self.metrics.track(self.metrics.decision_log_pending, lambda: self.decision_log.pending)
         self.handler = CheckHandler(
-            self.runtime, self.metrics, DecisionLog(sys.stdout), refetch_keys=self.keys.refetch
+            self.runtime, self.metrics, self.decision_log, refetch_keys=self.keys.refetch
         )
         self.feed_source = feed_source_for(config.feed)
         # Set when a new snapshot was accepted and not yet written to feed.snapshot_file.
         self._snapshot_unsaved = False
         self.health = health_aio.HealthServicer()
-        self.http = HttpEndpoints(self.metrics.registry, lambda: self.runtime.ready)
+        exposed = self.metrics.registry
+        if worker:
+            exposed = CollectorRegistry()
+            MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
+        self.http = HttpEndpoints(exposed, lambda: self.runtime.ready, reuse_port=worker)
         self._watched = b""
         self._reload_lock = asyncio.Lock()
         self._grpc: grpc.aio.Server | None = None
@@ -173,7 +191,9 @@ class Server:
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
+                # Off unless workers share the port: a second extauthz on the same port
+                # must fail to start, not silently take half the traffic.
+                ("grpc.so_reuseport", 1 if self.worker else 0),
             ]
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
@@ -198,6 +218,8 @@ class Server:
             )
         self._tasks.append(asyncio.create_task(self._feed_loop(), name="feed-refresh"))
         self._tasks.append(asyncio.create_task(self.keys.run(), name="keys-refresh"))
+        if self.worker:
+            self._tasks.append(asyncio.create_task(self._sample_gauges(), name="gauges"))
         self._watched = await asyncio.to_thread(watched_digest, self.config)
         if self.config.server.reload_check > 0:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
@@ -265,6 +287,12 @@ class Server:
             await self._update_health()
             return True
 
+    async def _sample_gauges(self) -> None:
+        while not self._stopping.is_set():
+            self.metrics.sample_gauges()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 1.0)
+
     async def _watch_config(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -310,12 +338,17 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.http.stop()
+        # Every line of a check that was answered is written before the process ends.
+        if not await asyncio.to_thread(self.decision_log.close, 5.0):
+            log.error(
+                "decision lines still unwritten at exit", extra={"lines": self.decision_log.pending}
+            )
         log.info("stopped")
 
 
-async def serve(config_path: str) -> None:
+async def serve(config_path: str, *, worker: bool = False) -> None:
     """Run until SIGTERM or SIGINT. Raises ConfigError when the config or keys are invalid."""
-    server = Server(load_config(config_path))
+    server = Server(load_config(config_path), worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Before start: a SIGTERM that arrives just after "serving" is logged must still drain.

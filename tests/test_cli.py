@@ -6,6 +6,8 @@ import json
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -300,4 +302,61 @@ def test_sighup_reloads_the_config_of_a_running_serve(tmp_path: Path, issuer: Lo
         if process.poll() is None:
             process.kill()
             process.communicate()
+    assert process.returncode == 0
+
+
+def test_a_stdout_nobody_reads_gets_checks_refused_not_the_service_stuck(
+    tmp_path: Path, issuer: LocalIssuer
+) -> None:
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2_grpc
+    from helpers import AUDIENCE, bearer, check_request
+
+    def edit(d: dict[str, Any]) -> None:
+        d["server"] = {"grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0"}
+        d["decision_log"] = {"max_pending": 5}
+
+    path = make_deployment(tmp_path, issuer, edit)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "extauthz", "serve", "--config", str(path)],
+        stdout=subprocess.PIPE,  # never read until the end: a stalled log collector
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None and process.stdout is not None
+        for line in process.stderr:
+            serving = json.loads(line)
+            if serving["msg"] == "serving":
+                break
+        token = issuer.token(
+            sub="alice", audience=AUDIENCE, scope="tickets:read", client_id="support-agent"
+        )
+        request = check_request(headers=bearer(token))
+        with grpc.insecure_channel(f"127.0.0.1:{serving['grpc_port']}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            statuses = []
+            for _ in range(400):  # ~700 bytes a line: far more than a pipe buffer holds
+                answer = stub.Check(request, timeout=5)
+                statuses.append(answer.denied_response.status.code if answer.status.code else 200)
+                if statuses[-1] == 503:
+                    break
+            assert statuses[-1] == 503  # refused, promptly, rather than hanging
+            assert statuses[0] == 200
+            # Once stdout drains again, checks are allowed again.
+            drained = threading.Thread(target=process.stdout.read, daemon=True)
+            drained.start()
+            deadline = time.monotonic() + 10
+            while stub.Check(request, timeout=5).status.code != 0:
+                assert time.monotonic() < deadline, "never recovered"
+                time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+        drained.join(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
     assert process.returncode == 0

@@ -936,6 +936,8 @@ def test_feed_source_may_be_a_grpc_address(tmp_path: Path) -> None:
         ({"source": "https://p/f", "retries": 11}, "feed.retries", "from 0 to 10"),
         ({"source": "https://p/f", "retries": "3"}, "feed.retries", "from 0 to 10"),
         ({"max_bytes": 10}, "feed.max_bytes", ">= 1024"),
+        ({"source": "grpc://127.0.0.1:1", "retries": 1}, "feed.retries", "does not apply"),
+        ({"source": "grpc://127.0.0.1:1", "ca_file": "ca"}, "feed.ca_file", "does not apply"),
     ],
 )
 def test_bad_feed_source_settings_are_rejected_precisely(

@@ -4,6 +4,7 @@ plus the recorded fields, wildcard grants, intersect mode, check order and garba
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from extauthz.feed.cache import FeedState
 from extauthz.feed.snapshot import FeedSnapshot, UserEntry
 from extauthz.model import Decision, RequestAttributes
 from extauthz.permissions import GrantSet
+from extauthz.tokens.cache import VerifiedTokens
 from extauthz.tokens.keys import KeySet, parse_jwks
 
 ISS = "https://idp.example.test"
@@ -631,7 +633,8 @@ CASES = [
     ),
 ]
 
-EXCLUDED_FROM_TABLE = {Reason.INTERNAL_ERROR}
+# Decided around the core, not by it: see test_service.py.
+EXCLUDED_FROM_TABLE = {Reason.INTERNAL_ERROR, Reason.DECISION_LOG_UNAVAILABLE}
 
 
 # --- running a case ----------------------------------------------------------------------
@@ -720,6 +723,63 @@ def test_decides_the_expected_reason(case: Case, view: View, mint: Mint) -> None
 
     assert decision.reason is case.expect
     assert decision.allowed is (case.expect is Reason.ALLOWED)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_warm_token_cache_decides_every_case_the_same(case: Case, view: View, mint: Mint) -> None:
+    # The same request twice through one cache: a miss, then (for a verified token) a hit.
+    # A hit must still check time, audience, revocation, agent, user and permission.
+    cache = VerifiedTokens()
+    authorization = case.authorization
+    if case.token is not None:
+        authorization = f"Bearer {case.token(mint)}"
+    attributes = request(
+        authorization=authorization,
+        method=case.method,
+        host=case.host,
+        path=case.path,
+        body=case.body,
+        body_truncated=case.body_truncated,
+    )
+    cached_view = dataclasses.replace(
+        view(case.feed, case.delegation, case.now), verified_tokens=cache
+    )
+    first = decide(attributes, cached_view, case.now)
+    second = decide(attributes, cached_view, case.now)
+    assert (first.reason, second.reason) == (case.expect, case.expect)
+    assert second == first
+
+
+def test_a_cached_token_is_still_refused_once_it_expires(view: View, mint: Mint) -> None:
+    cache = VerifiedTokens()
+    token = mint()
+    fresh = dataclasses.replace(view(), verified_tokens=cache)
+    assert decide(bearer(token), fresh, NOW).reason is Reason.ALLOWED
+    assert len(cache) == 1
+    later = NOW + 300 + 31  # past exp and the 30 s leeway
+    expired = dataclasses.replace(view(now=later), verified_tokens=cache)
+    assert decide(bearer(token), expired, later).reason is Reason.TOKEN_EXPIRED
+
+
+def test_a_cached_token_is_still_refused_once_the_feed_revokes_it(view: View, mint: Mint) -> None:
+    cache = VerifiedTokens()
+    token = mint(jti="later-revoked")
+    assert decide(bearer(token), dataclasses.replace(view(), verified_tokens=cache), NOW).allowed
+    revoked = FeedSnapshot(
+        SNAPSHOT.version, SNAPSHOT.users, revoked_tokens={"later-revoked": NOW + 300}
+    )
+    state = FeedState(revoked, NOW - 5)
+    decision = decide(bearer(token), dataclasses.replace(view(state), verified_tokens=cache), NOW)
+    assert decision.reason is Reason.TOKEN_REVOKED
+
+
+def test_only_verified_tokens_are_cached(view: View, mint: Mint) -> None:
+    cache = VerifiedTokens()
+    cached = dataclasses.replace(view(), verified_tokens=cache)
+    unknown_kid = mint.resigned({"kid": "nope"})
+    for token in (mint.tampered(sub="mallory"), mint.unsigned(), "x.y.z", unknown_kid):
+        assert not decide(bearer(token), cached, NOW).allowed
+    assert len(cache) == 0
 
 
 def test_table_reaches_every_reason_except_internal_error(view: View, mint: Mint) -> None:

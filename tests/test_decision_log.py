@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from extauthz.decision_log import FIELDS, DecisionLog, decision_record
+from extauthz.decision_log import (
+    FIELDS,
+    BackgroundDecisionLog,
+    DecisionLog,
+    DecisionLogFull,
+    decision_record,
+)
 from extauthz.errors import Reason
 from extauthz.model import Decision, Identity, RequestAttributes
 
@@ -296,3 +306,121 @@ def test_mcp_method_and_http_method_are_cut_like_other_client_text() -> None:
     )
     assert line["mcp_method"] == "m" * 1024 + "…"
     assert line["method"] == "M" * 1024 + "…"
+
+
+@pytest.mark.parametrize("path", ["/tickets/é", "/tickets/\ud800", "/tickets/\u2028x"])
+def test_decision_line_is_ascii_even_for_non_ascii_or_surrogate_text(path: str) -> None:
+    stream = io.StringIO()
+    DecisionLog(stream).write(record(request=RequestAttributes("GET", "h", path, {})))
+    text = stream.getvalue()
+    assert text.isascii() and text.endswith("\n") and text.count("\n") == 1
+    assert json.loads(text)["path"] == path
+
+
+# --- the background writer -----------------------------------------------------------------
+
+
+class GatedStream(io.StringIO):
+    """A stdout whose reader can stall (writes block) or break (writes fail)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open_gate = threading.Event()
+        self.open_gate.set()
+        self.broken = False
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.open_gate.wait(10)
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.writes += 1
+        return super().write(text)
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def ids_written(stream: io.StringIO) -> list[str]:
+    return [json.loads(x)["decision_id"] for x in stream.getvalue().splitlines()]
+
+
+def test_background_log_writes_every_line_in_order_and_close_drains_it() -> None:
+    stream = GatedStream()
+    log = BackgroundDecisionLog(stream)
+    for n in range(500):
+        log.write(record(decision_id=f"{n:032d}"))
+    assert log.close(5.0)
+    assert ids_written(stream) == [f"{n:032d}" for n in range(500)]
+    assert log.pending == 0
+
+
+def test_lines_queued_while_stdout_stalls_are_written_in_batches_when_it_drains() -> None:
+    stream = GatedStream()
+    log = BackgroundDecisionLog(stream, max_pending=1000)
+    stream.open_gate.clear()
+    log.write(record(decision_id="first".ljust(32, "0")))
+    # The writer takes "first" and blocks writing it; the rest queue up behind it.
+    for n in range(100):
+        log.write(record(decision_id=f"{n:032d}"))
+    stream.open_gate.set()
+    assert log.close(5.0)
+    assert len(ids_written(stream)) == 101
+    assert stream.writes < 101  # batched: fewer writes than lines
+
+
+def test_a_full_queue_refuses_with_deny_and_counts_the_dropped_line() -> None:
+    dropped: list[int] = []
+    stream = GatedStream()
+    stream.open_gate.clear()
+    log = BackgroundDecisionLog(stream, max_pending=3, on_drop=dropped.append)
+    for n in range(3):
+        log.write(record(decision_id=f"{n:032d}"))
+    with pytest.raises(DecisionLogFull):
+        log.write(record(decision_id="x" * 32))
+    assert dropped == [1]
+    stream.open_gate.set()
+    wait_until(lambda: log.pending == 0, "the backlog to drain")
+    log.write(record(decision_id="y" * 32))  # room again: accepted
+    assert log.close(5.0)
+    assert ids_written(stream)[-1] == "y" * 32
+
+
+def test_a_full_queue_with_drop_keeps_answering_and_counts() -> None:
+    dropped: list[int] = []
+    stream = GatedStream()
+    stream.open_gate.clear()
+    log = BackgroundDecisionLog(stream, max_pending=2, when_full="drop", on_drop=dropped.append)
+    for n in range(5):
+        log.write(record(decision_id=f"{n:032d}"))  # never raises
+    assert sum(dropped) == 3
+    stream.open_gate.set()
+    assert log.close(5.0)
+
+
+def test_a_failing_stdout_drops_and_counts_lines_then_recovers_on_a_probe(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="extauthz.decision_log")
+    dropped: list[int] = []
+    stream = GatedStream()
+    stream.broken = True
+    log = BackgroundDecisionLog(stream, on_drop=dropped.append)
+    log.write(record(decision_id="a" * 32))
+    wait_until(lambda: sum(dropped) == 1, "the failed write to be counted")
+    with pytest.raises(DecisionLogFull):  # failing: refused until the next probe
+        log.write(record(decision_id="b" * 32))
+    stream.broken = False
+    log._next_probe = 0.0  # the probe is due (it is once a second)
+    log.write(record(decision_id="c" * 32))
+    wait_until(lambda: "c" * 32 in stream.getvalue(), "the probe line")
+    log.write(record(decision_id="d" * 32))  # recovered: accepted at once
+    assert log.close(5.0)
+    assert ids_written(stream) == ["c" * 32, "d" * 32]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("decision log cannot be written; lines are dropped and counted") == 1
+    assert "decision log writes again" in messages

@@ -815,3 +815,55 @@ async def test_a_configmap_style_symlink_swap_is_reloaded(
         assert server.config.mode == "dry_run"
     finally:
         await server.stop()
+
+
+# --- a streamed feed -----------------------------------------------------------------------------
+
+
+async def test_a_streamed_feed_makes_the_server_ready_and_a_change_denies_at_once(
+    tmp_path: Path, issuer: LocalIssuer
+) -> None:
+    from extauthz.feed.publisher import FilePublisher
+
+    feed_file = write_feed(tmp_path / "published.json", "1", FEED_USERS)
+    publisher = FilePublisher(feed_file, poll=60.0, heartbeat=0.1)
+    port = await publisher.start("127.0.0.1:0")
+    try:
+
+        def edit(d: dict[str, Any]) -> None:
+            d["server"] = {"grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0"}
+            d["feed"] = {
+                "source": f"grpc://127.0.0.1:{port}",
+                "refresh": "1s",
+                "max_staleness": "30s",
+            }
+
+        server = Server(
+            load_config(make_deployment(tmp_path / "x", issuer, edit)), CollectorRegistry()
+        )
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+
+                async def serving() -> bool:
+                    return await health(channel) == SERVING
+
+                await eventually(serving)
+                token = delegated_token(issuer)
+                allowed = await grpc_check(channel, check_request(headers=bearer(token)))
+                assert allowed.status.code == code_pb2.OK
+                write_feed(feed_file, "2", {"alice": {"permissions": [], "disabled": True}})
+                await publisher.check_file()
+
+                async def denied() -> bool:
+                    answer = await grpc_check(channel, check_request(headers=bearer(token)))
+                    return answer.denied_response.status.code == 401
+
+                await eventually(denied)
+            state = server.runtime.feed.state
+            assert state.snapshot is not None and state.snapshot.version == "2"
+            assert sample(server, "extauthz_feed_refresh_total", {"outcome": "success"}) == 2.0
+        finally:
+            await server.stop()
+    finally:
+        await publisher.stop(grace=0.1)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,14 @@ from prometheus_client import CollectorRegistry
 
 import extauthz.service
 from extauthz.config import Config, load_config
-from extauthz.decision_log import FIELDS, DecisionLog
+from extauthz.decision_log import FIELDS, BackgroundDecisionLog, DecisionLog
 from extauthz.demo.issuer import LocalIssuer
 from extauthz.envoy import HEADER_AGENT, HEADER_DECISION_ID, HEADER_PERMISSION, HEADER_USER
 from extauthz.feed.snapshot import parse_feed
 from extauthz.metrics import Metrics
 from extauthz.server import load_key_sets
 from extauthz.service import CheckHandler, Runtime
+from extauthz.tokens.keys import KeySet
 
 
 @pytest.fixture(scope="module")
@@ -492,3 +494,58 @@ def test_config_path_points_into_the_temporary_deployment(enforce_config: Config
     assert isinstance(enforce_config.path, Path)
     assert enforce_config.path.name == "config.yaml"
     assert enforce_config.path.parent != DEPLOY
+
+
+def test_a_key_set_without_the_tokens_key_ends_its_cached_verification(
+    harness: Harness, issuer: LocalIssuer
+) -> None:
+    token = delegated_token(issuer)
+    request = check_request(headers=bearer(token))
+    assert harness.check(request).status.code == 0
+    assert harness.check(request).status.code == 0  # now from the cache
+    # The issuer drops rsa-1: the next check must not trust the cached verification.
+    current = harness.runtime.key_sets["https://idp.example.test"]
+    without = {kid: key for kid, key in current.keys.items() if kid != "rsa-1"}
+    harness.runtime.publish_keys(KeySet(current.issuer, without, current.source))
+    denied = harness.check(request)
+    assert denied.denied_response.status.code == 401
+    assert harness.lines()[-1]["reason"] == "key_unknown"
+
+
+class StalledStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.gate.wait(10)
+        return super().write(text)
+
+
+@pytest.mark.parametrize(("when_full", "status"), [("deny", 503), ("drop", 200)])
+def test_a_stalled_decision_log_refuses_or_answers_as_configured_and_counts(
+    enforce_config: Config, issuer: LocalIssuer, when_full: str, status: int
+) -> None:
+    harness = Harness(enforce_config)
+    stream = StalledStream()
+    background = BackgroundDecisionLog(
+        stream,
+        max_pending=2,
+        when_full=when_full,  # type: ignore[arg-type]
+        on_drop=harness.metrics.decision_log_dropped.inc,
+    )
+    harness.handler.decision_log = background
+    request = check_request(headers=bearer(delegated_token(issuer)))
+    answers = [harness.check(request) for _ in range(6)]
+    # The writer holds one line, two wait in the queue: the rest cannot be kept.
+    last = answers[-1]
+    got = last.denied_response.status.code if last.HasField("denied_response") else 200
+    assert got == status
+    if when_full == "deny":
+        assert dict(last.dynamic_metadata)["reason"] == "decision_log_unavailable"
+    dropped = harness.sample("extauthz_decision_log_dropped_total", {})
+    assert dropped is not None and dropped >= 3
+    stream.gate.set()
+    assert background.close(5.0)
+    written = len(stream.getvalue().splitlines())
+    assert written + dropped == 6  # every decision is either written or counted

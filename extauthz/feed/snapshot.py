@@ -97,7 +97,7 @@ def parse_feed(raw: bytes, source: str) -> FeedSnapshot:
                 if users is None:
                     document[name] = reader.value()
                     continue
-                shared, entries = _Shared(), {}
+                shared, entries = Interned(), {}
                 for user_id in users.names():
                     entries[user_id] = _user_entry(user_id, users.value(), source, shared)
             reader.finish()
@@ -113,7 +113,7 @@ def snapshot_from_document(document: object, source: str) -> FeedSnapshot:
     users = document.get("users")
     entries: dict[str, UserEntry] | None = None
     if isinstance(users, dict):
-        shared, entries = _Shared(), {}
+        shared, entries = Interned(), {}
         with _collector_paused():
             for user_id, entry in users.items():
                 entries[user_id] = _user_entry(user_id, entry, source, shared)
@@ -131,16 +131,64 @@ def _snapshot(
     version = document.get("version")
     if isinstance(version, int) and not isinstance(version, bool):
         version = str(version)
-    if not isinstance(version, str) or not version:
-        raise FeedError(f"{source}: version: must be a non-empty string")
+    checked_version = check_version(version, source)
     if entries is None:
         raise FeedError(f"{source}: users: must be an object of user id to entry")
     return FeedSnapshot(
-        version,
+        checked_version,
         entries,
         disabled_agents=_disabled_agents(document.get("agents", {}), source),
         revoked_tokens=_revoked_tokens(document.get("revoked_tokens", {}), source),
     )
+
+
+# --- validation shared by every way a feed arrives (JSON document, streamed snapshot, delta)
+#
+# ``source`` in the messages says where the value came from: a file name, or a stream
+# address with the message and change it was in. The messages are the JSON feed's own, so
+# an operator reads the same words whichever way the feed is delivered.
+
+
+def check_version(version: object, source: str) -> str:
+    """A feed version: a non-empty string. Raises FeedError."""
+    if not isinstance(version, str) or not version:
+        raise FeedError(f"{source}: version: must be a non-empty string")
+    return version
+
+
+def check_user_id(user_id: str, source: str) -> None:
+    """Raises FeedError unless ``user_id`` is usable as a user id."""
+    if not _printable_id(user_id):
+        raise FeedError(f"{source}: users: {user_id!r}: ids must be non-empty and printable")
+
+
+def check_agent_id(agent_id: str, source: str) -> None:
+    """Raises FeedError unless ``agent_id`` is usable as an agent id."""
+    if not _printable_id(agent_id):
+        raise FeedError(f"{source}: agents: {agent_id!r}: ids must be non-empty and printable")
+
+
+def user_entry(
+    user_id: str, permissions: object, disabled: object, source: str, interned: Interned
+) -> UserEntry:
+    """A validated ``UserEntry`` for an already checked ``user_id``. Raises FeedError."""
+    if not isinstance(permissions, list):
+        raise FeedError(f"{source}: users.{user_id}.permissions: must be a list")
+    grants = interned.grant_set(permissions, f"{source}: users.{user_id}")
+    if not isinstance(disabled, bool):
+        raise FeedError(f"{source}: users.{user_id}.disabled: must be true or false")
+    return interned.entry(grants, disabled)
+
+
+def revocation_exp(jti: str, exp: object, source: str) -> float:
+    """The ``exp`` of a revoked token, validated. Raises FeedError."""
+    if not jti:
+        raise FeedError(f"{source}: revoked_tokens: token ids must be non-empty")
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
+        raise FeedError(
+            f"{source}: revoked_tokens.{jti}: must be the token's exp (seconds since epoch)"
+        )
+    return float(exp)
 
 
 def _printable_id(value: str) -> bool:
@@ -155,8 +203,7 @@ def _disabled_agents(agents: object, source: str) -> frozenset[str]:
     disabled: set[str] = set()
     for agent_id, entry in agents.items():
         where = f"{source}: agents.{agent_id}"
-        if not _printable_id(agent_id):
-            raise FeedError(f"{source}: agents: {agent_id!r}: ids must be non-empty and printable")
+        check_agent_id(agent_id, source)
         if not isinstance(entry, dict):
             raise FeedError(f"{where}: must be an object")
         if not _AGENT_KEYS.issuperset(entry):
@@ -172,21 +219,13 @@ def _disabled_agents(agents: object, source: str) -> frozenset[str]:
 def _revoked_tokens(revoked: object, source: str) -> dict[str, float]:
     if not isinstance(revoked, dict):
         raise FeedError(f"{source}: revoked_tokens: must be an object of jti to exp")
-    result: dict[str, float] = {}
-    for jti, exp in revoked.items():
-        if not jti:
-            raise FeedError(f"{source}: revoked_tokens: token ids must be non-empty")
-        if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
-            raise FeedError(
-                f"{source}: revoked_tokens.{jti}: must be the token's exp (seconds since epoch)"
-            )
-        result[jti] = float(exp)
-    return result
+    return {jti: revocation_exp(jti, exp, source) for jti, exp in revoked.items()}
 
 
-class _Shared:
-    """What many users have in common, built once: permission sets (from a role, usually)
-    and whole entries. Keeps a large feed small in memory and quick to load."""
+class Interned:
+    """What many users have in common, built once per load: permission sets (from a
+    role, usually) and whole entries. Keeps a large feed small in memory and quick to
+    load, whichever way it arrives (JSON document, streamed snapshot, delta)."""
 
     def __init__(self) -> None:
         self.grants: dict[tuple[str, ...], GrantSet] = {}
@@ -233,19 +272,13 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _user_entry(user_id: str, entry: object, source: str, shared: _Shared) -> UserEntry:
-    if not _printable_id(user_id):
-        raise FeedError(f"{source}: users: {user_id!r}: ids must be non-empty and printable")
+def _user_entry(user_id: str, entry: object, source: str, interned: Interned) -> UserEntry:
+    check_user_id(user_id, source)
     if not isinstance(entry, dict):
         raise FeedError(f"{source}: users.{user_id}: must be an object")
     if not _USER_KEYS.issuperset(entry):
         unknown = sorted(set(entry) - _USER_KEYS)[0]
         raise FeedError(f"{source}: users.{user_id}: {unknown}: unknown key")
-    permissions = entry.get("permissions", [])
-    if not isinstance(permissions, list):
-        raise FeedError(f"{source}: users.{user_id}.permissions: must be a list")
-    grants = shared.grant_set(permissions, f"{source}: users.{user_id}")
-    disabled = entry.get("disabled", False)
-    if not isinstance(disabled, bool):
-        raise FeedError(f"{source}: users.{user_id}.disabled: must be true or false")
-    return shared.entry(grants, disabled)
+    return user_entry(
+        user_id, entry.get("permissions", []), entry.get("disabled", False), source, interned
+    )

@@ -511,3 +511,15 @@ def test_helm_test_pod_checks_grpc_health_of_a_real_extauthz(
     assert "envoy.service.auth.v3.Authorization: SERVING" in serving.stdout
     # Nothing listening: the test pod fails.
     assert run_against(f"127.0.0.1:{running_extauthz.http_port + 0}").returncode != 0
+
+
+def test_workers_value_starts_that_many_processes_per_pod(helm: Path) -> None:
+    minimal = CHART / "ci" / "minimal-values.yaml"
+
+    def args(*extra: str) -> list[str]:
+        container = one(render(helm, "-f", minimal, *extra), "Deployment")["spec"]["template"]
+        found: list[str] = container["spec"]["containers"][0]["args"]
+        return found
+
+    assert "--workers" not in args()
+    assert args("--set", "server.workers=3")[-2:] == ["--workers", "3"]

@@ -14,7 +14,8 @@ PROMETHEUS = REPO / "deploy" / "prometheus"
 
 def test_alert_rules_pass_promtool_check(promtool: Path) -> None:
     out = run([promtool, "check", "rules", PROMETHEUS / "alerts.yaml"])
-    assert "SUCCESS: 7 rules found" in out
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yaml").read_text())["groups"][0]["rules"]
+    assert f"SUCCESS: {len(rules)} rules found" in out
 
 
 def test_alert_unit_tests_pass(promtool: Path) -> None:

@@ -99,7 +99,13 @@ ConfigMap for users to add to their own pods: one definition for both.
 name: extauthz
 image: {{ include "extauthz.image" . }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
-args: ["--config", "{{ include "extauthz.configDir" . }}/config.yaml"]
+args:
+  - --config
+  - {{ include "extauthz.configDir" . }}/config.yaml
+  {{- if gt (int (.Values.server.workers | default 1)) 1 }}
+  - --workers
+  - {{ .Values.server.workers | quote }}
+  {{- end }}
 ports:
   - name: grpc
     containerPort: {{ .Values.server.grpcPort }}

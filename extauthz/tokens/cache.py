@@ -1,0 +1,41 @@
+"""A bounded memo of signature verification, so a token seen before is not verified again.
+
+Only what cannot change while the policy stands is cached: that these exact bytes are a
+well-formed token whose signature verifies with one of its issuer's keys under the
+policy's algorithm and ``typ`` rules. Everything that can change from one request to the
+next (``exp``, ``nbf``, audience, revocation, the agent's and user's state, the feed) is
+checked on every request, hit or miss. One cache belongs to one policy (config and keys):
+a reload or a key refresh starts an empty one, so a removed key cannot linger here.
+"""
+
+from __future__ import annotations
+
+from extauthz.tokens.verify import SignedToken
+
+DEFAULT_MAX_ENTRIES = 10_000
+
+
+class VerifiedTokens:
+    __slots__ = ("_entries", "max_entries")
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        self.max_entries = max_entries
+        # Keyed by the token itself: the dict compares the whole string on a hash match,
+        # so no other byte sequence can ever be taken for a cached token.
+        self._entries: dict[str, SignedToken] = {}
+
+    def get(self, token: str) -> SignedToken | None:
+        return self._entries.get(token)
+
+    def put(self, token: str, signed: SignedToken) -> None:
+        if self.max_entries <= 0:
+            return
+        entries = self._entries
+        if len(entries) >= self.max_entries:
+            # First in, first out: one dict operation, and a token still in use comes
+            # back after one more verification.
+            del entries[next(iter(entries))]
+        entries[token] = signed
+
+    def __len__(self) -> int:
+        return len(self._entries)
