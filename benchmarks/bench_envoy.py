@@ -70,6 +70,7 @@ class Case:
     authorizer: str | None  # "donothing", "naive", "extauthz" or None
     # What a request without a token gets: proof the authorization is in the path.
     no_token_status: int
+    workers: int = 1  # extauthz serve --workers
 
 
 CASES = (
@@ -79,7 +80,9 @@ CASES = (
     Case("naive", "ext_authz", "naive", 401),
     Case("extauthz", "ext_authz", "extauthz", 401),
 )
-CASE_OF_NAME = {c.name: c for c in CASES}
+# Not run unless named in --cases: extauthz with two worker processes on one port.
+EXTRA_CASES = (Case("extauthz-w2", "ext_authz", "extauthz", 401, workers=2),)
+CASE_OF_NAME = {c.name: c for c in CASES + EXTRA_CASES}
 
 
 class BenchError(RuntimeError):
@@ -128,10 +131,24 @@ class Proc:
         return "\n".join(f"    {line}" for line in text.splitlines()[-lines:]) or "    (empty)"
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the process, all its threads, so far."""
-        with open(f"/proc/{self.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """utime + stime so far of the process and its descendants (``--workers``), all
+        threads. A descendant that exited in between is not counted: none should."""
+        total, pending, seen = 0, [self.pid], set()
+        while pending:
+            pid = pending.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as children:
+                        pending += [int(c) for c in children.read().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return total / os.sysconf("SC_CLK_TCK")
 
 
 class LineCounter:
@@ -387,11 +404,11 @@ class Bench:
             audience=AUDIENCE,
         )
 
-    def extauthz_config(self, grpc_port: int, http_port: int, round_: int) -> Path:
+    def extauthz_config(self, name: str, grpc_port: int, http_port: int) -> Path:
         config = yaml.safe_load((self.policy / "config.yaml").read_text())
         config["server"]["grpc_listen"] = f"127.0.0.1:{grpc_port}"
         config["server"]["http_listen"] = f"127.0.0.1:{http_port}"
-        path = self.policy / f"config-{round_}.yaml"
+        path = self.policy / f"config-{name}.yaml"  # one per process: it may reload
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
@@ -399,7 +416,9 @@ class Bench:
 
     def start(self) -> None:
         threads = self.args.envoy_concurrency
-        up_port, up_admin = free_ports(2)
+        # All in one call: ports freed by one call may come back from the next.
+        ports = free_ports(2 + 4 * len(self.cases))
+        up_port, up_admin = ports[:2]
         self.upstream_port = up_port
         upstream = start_envoy(
             self.envoy_binary,
@@ -409,8 +428,8 @@ class Bench:
             threads,
         )
         self.procs.append(upstream)
-        for case in self.cases:
-            port, admin, authorizer, http = free_ports(4)
+        for index, case in enumerate(self.cases):
+            port, admin, authorizer, http = ports[2 + 4 * index : 6 + 4 * index]
             run = Running(case, upstream, admin, port)
             if case.authorizer is not None:
                 run.authorizer_port, run.http_port = authorizer, http
@@ -450,8 +469,10 @@ class Bench:
                 argv += ["--feed", str(self.policy / "feed/users.json")]
                 argv += ["--issuer", ISSUER, "--audience", AUDIENCE]
             else:
-                config = self.extauthz_config(run.authorizer_port, run.http_port, round_)
+                config = self.extauthz_config(name, run.authorizer_port, run.http_port)
                 argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config)]
+                if run.case.workers > 1:
+                    argv += ["--workers", str(run.case.workers)]
             proc = Proc(name, argv, self.workdir, stdout=subprocess.PIPE)
             assert proc.popen.stdout is not None
             run.decision_log = LineCounter(proc.popen.stdout)
@@ -825,7 +846,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--cases",
         type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
         default=[c.name for c in CASES],
-        help="comma-separated subset of " + ",".join(c.name for c in CASES),
+        help="comma-separated, from "
+        + ",".join(c.name for c in CASES + EXTRA_CASES)
+        + " (extauthz-w2: extauthz serve --workers 2; not run by default)",
     )
     parser.add_argument("--envoy", help="Envoy binary (default: $EXTAUTHZ_ENVOY, .tools/bin)")
     parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
