@@ -1,7 +1,7 @@
 """The decision core alone: ``extauthz.decision.decide`` per request, no gRPC, no Envoy.
 
-A realistic policy: one issuer with RSA, EC and Ed25519 keys, 8 agents (delegated,
-autonomous, disabled), 4 resources with 16 routes (two of them MCP), a feed of 10,000
+A realistic policy: one issuer with RSA, EC and Ed25519 keys, 9 agents (delegated,
+autonomous, disabled), 4 resources with 17 routes (two of them MCP), a feed of 10,000
 users on role-like permission sets (some disabled) with 1,000 revoked token ids. The
 requests are a weighted mix of allows (most traffic) and each common deny, prepared as
 ``RequestAttributes`` ahead of time with their own pre-minted tokens: no token is decided

@@ -610,6 +610,14 @@ class Bench:
         return result
 
     def _snapshot(self, run: Running) -> dict[str, Any]:
+        try:
+            return self._read_counters(run)
+        except OSError as err:
+            procs = [run.envoy] + ([run.authorizer] if run.authorizer else [])
+            tails = "\n".join(f"  --- {p.name}\n{p.tail()}" for p in procs)
+            raise BenchError(f"{run.case.name}: cannot read counters ({err})\n{tails}") from err
+
+    def _read_counters(self, run: Running) -> dict[str, Any]:
         snap: dict[str, Any] = {
             "envoy": envoy_counters(run.admin),
             "envoy_cpu": run.envoy.cpu_seconds(),
