@@ -4,8 +4,8 @@ VENV   := .venv
 TOOLS  := .tools
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: demo test lint unit e2e bench bench-check bench-decide bench-feed bench-propagation \
-	proto tools deploy-tools deploy-check clean
+.PHONY: demo test lint unit e2e soak bench bench-check bench-decide bench-feed \
+	bench-propagation proto fuzz tools deploy-tools deploy-check clean
 
 # The package and its test tools.
 $(VENV)/.installed: pyproject.toml
@@ -83,6 +83,10 @@ ENVOY_ENV := EXTAUTHZ_ENVOY=$(CURDIR)/$(TOOLS)/bin/envoy
 e2e: $(VENV)/.installed $(TOOLS)/.installed
 	$(ENVOY_ENV) $(VENV)/bin/pytest -m e2e
 
+# The soak test alone, with its figures printed; EXTAUTHZ_SOAK_SECONDS=600 for the long run.
+soak: $(VENV)/.installed $(TOOLS)/.installed
+	$(ENVOY_ENV) $(VENV)/bin/pytest -s tests/e2e/test_soak.py
+
 # Naming each deploy tool makes tests/deploy fail, not skip, if one is missing or broken.
 DEPLOY_ENV := EXTAUTHZ_HELM=$(HELM) \
 	EXTAUTHZ_KUBERNETES_VALIDATE=$(CURDIR)/$(TOOLS)/bin/kubernetes-validate \
@@ -124,5 +128,13 @@ proto: $(VENV)/.installed
 bench-propagation: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/bench_propagation.py
 
+# The coverage-guided fuzz target for SECONDS seconds (the suite runs 20,000 inputs); the
+# corpus is kept in .fuzz/corpus between runs, anything found lands in .fuzz/ as crash-*.
+SECONDS ?= 600
+fuzz: $(VENV)/.installed
+	mkdir -p .fuzz/corpus
+	$(VENV)/bin/python fuzz/fuzz_check.py -max_total_time=$(SECONDS) -max_len=2048 \
+		-print_final_stats=1 -artifact_prefix=.fuzz/ .fuzz/corpus
+
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TOOLS) .fuzz .pytest_cache .mypy_cache .ruff_cache *.egg-info

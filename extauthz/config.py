@@ -40,6 +40,9 @@ class ServerConfig:
     grpc_listen: str = "127.0.0.1:9001"
     http_listen: str = "127.0.0.1:9090"
     shutdown_grace: float = 10.0
+    # After SIGTERM, how long to keep answering while health reports NOT_SERVING, before the
+    # listener closes: long enough for a health-checking proxy to stop sending us checks.
+    shutdown_delay: float = 0.0
     # How often the config file (and the JWKS files it names) is checked for changes;
     # 0 turns watching off (SIGHUP still reloads).
     reload_check: float = 5.0
@@ -336,7 +339,7 @@ def parse_config(data: object, file: Path, *, policy_version: str) -> Config:
 
 
 def _server(s: _Section) -> ServerConfig:
-    s.allow("grpc_listen", "http_listen", "shutdown_grace", "reload_check")
+    s.allow("grpc_listen", "http_listen", "shutdown_grace", "shutdown_delay", "reload_check")
     default = ServerConfig()
     grpc_listen = _listen(s, "grpc_listen", default.grpc_listen)
     http_listen = _listen(s, "http_listen", default.http_listen)
@@ -344,7 +347,14 @@ def _server(s: _Section) -> ServerConfig:
     if grpc_listen == http_listen and not grpc_listen.endswith(":0"):
         raise s.error("http_listen", "must differ from grpc_listen")
     reload_check = s.duration("reload_check", default.reload_check, allow_zero=True)
-    return ServerConfig(grpc_listen, http_listen, grace, reload_check)
+    delay = s.duration("shutdown_delay", default.shutdown_delay, allow_zero=True)
+    return ServerConfig(
+        grpc_listen=grpc_listen,
+        http_listen=http_listen,
+        shutdown_grace=grace,
+        shutdown_delay=delay,
+        reload_check=reload_check,
+    )
 
 
 def _listen(s: _Section, name: str, default: str) -> str:

@@ -26,10 +26,11 @@ from extauthz.tokens.remote_keys import RemoteKeys
 
 log = logging.getLogger("extauthz.keys")
 
-# How long a request that named an unknown kid waits for the refetch it triggered. Envoy's
-# ext_authz timeout is usually well under a second; past this the request is denied and
-# the fetch completes for the requests after it.
-REFETCH_WAIT = 1.0
+# How long a request that named an unknown kid waits for the refetch it triggered: half
+# the example Envoy ext_authz timeout (1 s), so the deny it may end in reaches the client as
+# the decision line records it, instead of Envoy's own 503 at the timeout. The fetch goes
+# on for the requests after it.
+REFETCH_WAIT = 0.5
 _RETRY_FIRST = 1.0
 
 

@@ -168,11 +168,17 @@ def _request_segments(path: str) -> list[str] | None:
     if not path.startswith("/"):
         return None
     segments = path[1:].split("/")
-    if "%" in path or "." in path or "\\" in path:
+    if "%" in path or "." in path or "\\" in path or ";" in path:
         for segment in segments:
             lowered = segment.lower()
-            # "..;x" is a dot segment to servers that strip ";params" first (Tomcat, Jetty).
-            if lowered.split(";", 1)[0] in _DOT_SEGMENTS or any(s in lowered for s in _SEPARATORS):
+            # To servers that strip ";params" first (Tomcat, Jetty) "..;x" is a dot segment
+            # and ";x" an empty one: neither may stand in for a "{name}" segment.
+            name = lowered.split(";", 1)[0]
+            if (
+                name in _DOT_SEGMENTS
+                or (not name and segment)
+                or any(s in lowered for s in _SEPARATORS)
+            ):
                 return None
     return segments
 

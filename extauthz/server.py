@@ -2,8 +2,8 @@
 
 Health: the gRPC health service (overall and ``envoy.service.auth.v3.Authorization``) and
 ``/readyz`` report SERVING once config, keys and a first feed are loaded. On SIGTERM or
-SIGINT both turn NOT_SERVING, new RPCs are refused and in-flight checks get
-``server.shutdown_grace`` to finish.
+SIGINT both turn NOT_SERVING; checks are still answered for ``server.shutdown_delay``, then
+new RPCs are refused and in-flight checks get ``server.shutdown_grace`` to finish.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from extauthz.http_endpoints import HttpEndpoints
 from extauthz.key_refresh import KeyRefresher
 from extauthz.metrics import Metrics
 from extauthz.reload import load_reload, watched_digest
+from extauthz.runtime_metrics import track_event_loop_tasks
 from extauthz.service import AuthorizationServicer, CheckHandler, Runtime
 from extauthz.tokens.keys import KeySet, load_jwks_file
 
@@ -182,6 +183,7 @@ class Server:
             log.error("cannot save the feed snapshot", extra={"path": str(path), "error": str(err)})
 
     async def start(self) -> None:
+        track_event_loop_tasks(self.metrics.registry, asyncio.get_running_loop())
         # Keys and feed at once; a large feed takes a moment to parse, so off the loop.
         keys_fetched = asyncio.create_task(self.keys.fetch_all())
         await asyncio.to_thread(self.restore_feed)
@@ -330,6 +332,10 @@ class Server:
         self._stopping.set()
         await self.health.enter_graceful_shutdown()
         self.http.draining = True
+        # Still answering, but NOT_SERVING: a proxy that health-checks us moves its traffic
+        # elsewhere before the listener closes, so no check meets a refused connection.
+        if self.config.server.shutdown_delay > 0:
+            await asyncio.sleep(self.config.server.shutdown_delay)
         if self._grpc is not None:
             await self._grpc.stop(self.config.server.shutdown_grace)
         for task in self._tasks:

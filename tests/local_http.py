@@ -35,7 +35,7 @@ class Seen:
 
 
 class LocalHttpServer:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.replies: dict[str, Reply | Callable[[Seen], Reply]] = {}
         self.requests: list[Seen] = []
         self._lock = threading.Lock()
@@ -76,7 +76,8 @@ class LocalHttpServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # A fixed ``port`` lets a test bring a server "back" where extauthz expects it.
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(

@@ -417,6 +417,12 @@ def test_zero_duration_is_rejected_where_it_makes_no_sense(
     assert err.problem == "must be greater than zero"
 
 
+def test_shutdown_delay_defaults_to_none_and_reads_a_duration(tmp_path: Path) -> None:
+    assert load_config(DEPLOY_CONFIG).server.shutdown_delay == 0.0
+    edited = load_edited(tmp_path, lambda d: d["server"].update(shutdown_delay="500ms"))
+    assert edited.server.shutdown_delay == 0.5
+
+
 @pytest.mark.parametrize(("refresh", "max_staleness"), [("2m", "2m"), ("10s", "5s")])
 def test_feed_max_staleness_must_exceed_refresh(
     tmp_path: Path, refresh: str, max_staleness: str

@@ -698,11 +698,11 @@ def request(
     )
 
 
-def run(case: Case, view: View, mint: Mint) -> Decision:
+def attributes_of(case: Case, mint: Mint) -> RequestAttributes:
     authorization = case.authorization
     if case.token is not None:
         authorization = f"Bearer {case.token(mint)}"
-    attributes = request(
+    return request(
         authorization=authorization,
         method=case.method,
         host=case.host,
@@ -710,7 +710,10 @@ def run(case: Case, view: View, mint: Mint) -> Decision:
         body=case.body,
         body_truncated=case.body_truncated,
     )
-    return decide(attributes, view(case.feed, case.delegation, case.now), case.now)
+
+
+def run(case: Case, view: View, mint: Mint) -> Decision:
+    return decide(attributes_of(case, mint), view(case.feed, case.delegation, case.now), case.now)
 
 
 def bearer(token: str, **kw: Any) -> RequestAttributes:
@@ -730,17 +733,7 @@ def test_a_warm_token_cache_decides_every_case_the_same(case: Case, view: View, 
     # The same request twice through one cache: a miss, then (for a verified token) a hit.
     # A hit must still check time, audience, revocation, agent, user and permission.
     cache = VerifiedTokens()
-    authorization = case.authorization
-    if case.token is not None:
-        authorization = f"Bearer {case.token(mint)}"
-    attributes = request(
-        authorization=authorization,
-        method=case.method,
-        host=case.host,
-        path=case.path,
-        body=case.body,
-        body_truncated=case.body_truncated,
-    )
+    attributes = attributes_of(case, mint)
     cached_view = dataclasses.replace(
         view(case.feed, case.delegation, case.now), verified_tokens=cache
     )

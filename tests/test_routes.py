@@ -432,6 +432,15 @@ def test_dot_segment_with_path_parameters_is_an_unsafe_path(path: str) -> None:
     assert "unsafe path" in info.value.detail
 
 
+@pytest.mark.parametrize("path", ["/tickets/;x", "/tickets/;", "/tickets/;jsessionid=1", "/;x/1"])
+def test_segment_empty_before_its_path_parameters_is_an_unsafe_path(path: str) -> None:
+    # Tomcat and Jetty serve "/tickets/;x" as "/tickets/": it must not pass as /tickets/{id}.
+    with pytest.raises(AccessForbidden) as info:
+        match_route(TICKETS, req(path))
+    assert info.value.reason is Reason.ROUTE_UNKNOWN
+    assert "unsafe path" in info.value.detail
+
+
 @pytest.mark.parametrize("path", ["/tickets/a;b", "/tickets/1;jsessionid=x", "/tickets/v1.2;x"])
 def test_semicolon_inside_an_ordinary_segment_still_matches_a_parameter(path: str) -> None:
     assert match_route(TICKETS, req(path)).permission == "tickets:read"
