@@ -4,8 +4,8 @@ VENV   := .venv
 TOOLS  := .tools
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: demo test lint unit e2e soak bench bench-feed bench-propagation proto fuzz tools \
-	deploy-tools deploy-check clean
+.PHONY: demo test lint unit e2e soak bench bench-check bench-decide bench-feed \
+	bench-propagation proto fuzz tools deploy-tools deploy-check clean
 
 # The package and its test tools.
 $(VENV)/.installed: pyproject.toml
@@ -100,9 +100,21 @@ deploy-check: $(VENV)/.installed deploy-tools
 test: lint $(TOOLS)/.installed deploy-tools
 	$(ENVOY_ENV) $(DEPLOY_ENV) $(VENV)/bin/pytest
 
+# Through a real Envoy: no auth, native jwt_authn, a do-nothing and a naive Python
+# authorizer, and extauthz; req/s, p50/p99, authorizer CPU per Check and issue 5's
+# ratios (about 5 minutes; installs wrk with apt-get if it is missing).
+# Options: make bench BENCH_ARGS="--seconds 10 --rounds 5 --json out.json"
+BENCH_ARGS ?=
+bench: $(VENV)/.installed $(TOOLS)/.installed
+	$(ENVOY_ENV) $(VENV)/bin/python benchmarks/bench_envoy.py $(BENCH_ARGS)
+
 # Prints µs per Check and the ratio to PyJWT's own decode of the same token (same run).
-bench: $(VENV)/.installed
+bench-check: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/bench_check.py
+
+# The decision core alone (no gRPC): decisions per second for a realistic policy.
+bench-decide: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/bench_decide.py
 
 # Generates a feed of 1,000,000 users and prints load time and memory (about a minute).
 bench-feed: $(VENV)/.installed

@@ -1,0 +1,163 @@
+"""The pieces of ``benchmarks/bench_envoy.py`` start and do what they say: the reference
+authorizers answer a real gRPC Check, and every case's Envoy config passes ``envoy --mode
+validate``. No load and no timing here: the benchmark measures, the tests do not."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+
+from extauthz.demo.issuer import LocalIssuer
+from extauthz.demo.stack import ENVOY_ENV_VAR, EnvoyNotFound, find_envoy, free_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+ISSUER = "https://idp.example.test"
+HOST = "tickets.example.test"
+AUDIENCE = "https://tickets.example.test"
+CASES = {"envoy-noauth", "envoy-jwt_authn", "donothing", "naive", "extauthz"}
+
+
+def check_request(
+    method: str, path: str, token: str | None = None
+) -> external_auth_pb2.CheckRequest:
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.host, http.path = method, HOST, path
+    if token is not None:
+        http.headers["authorization"] = f"Bearer {token}"
+    return request
+
+
+def serve(argv: list[str], port: int) -> Iterator[external_auth_pb2_grpc.AuthorizationStub]:
+    """Run a reference authorizer; wait for its "listening" line (connecting earlier would
+    put the channel into reconnect backoff), then hand out a stub."""
+    process = subprocess.Popen(
+        [sys.executable, *argv, "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 15)
+        line = process.stdout.readline() if ready else b""
+        if b"listening" not in line:
+            process.kill()
+            _, err = process.communicate(timeout=10)
+            pytest.fail(f"{argv[0]} did not start:\n{err.decode(errors='replace')}")
+        yield external_auth_pb2_grpc.AuthorizationStub(channel)
+    finally:
+        channel.close()
+        process.terminate()
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture
+def donothing() -> Iterator[external_auth_pb2_grpc.AuthorizationStub]:
+    yield from serve([str(BENCHMARKS / "baselines" / "donothing.py")], free_ports(1)[0])
+
+
+@pytest.fixture
+def naive(
+    tmp_path: Path, local_issuer: LocalIssuer
+) -> Iterator[external_auth_pb2_grpc.AuthorizationStub]:
+    jwks = local_issuer.write_jwks(tmp_path / "jwks.json")
+    feed = tmp_path / "users.json"
+    feed.write_text(
+        json.dumps(
+            {
+                "version": "1",
+                "users": {
+                    "alice": {"permissions": ["tickets:read", "tickets:write"]},
+                    "bob": {"permissions": ["tickets:read"]},
+                    "mallory": {"permissions": ["tickets:*"], "disabled": True},
+                },
+            }
+        )
+    )
+    argv = [str(BENCHMARKS / "baselines" / "naive.py"), "--jwks", str(jwks)]
+    argv += ["--feed", str(feed), "--issuer", ISSUER, "--audience", AUDIENCE]
+    yield from serve(argv, free_ports(1)[0])
+
+
+def test_donothing_allows_anything(donothing: external_auth_pb2_grpc.AuthorizationStub) -> None:
+    answer = donothing.Check(check_request("DELETE", "/anything"), timeout=5)
+    assert answer.status.code == grpc.StatusCode.OK.value[0]
+
+
+def test_naive_allows_and_denies(
+    naive: external_auth_pb2_grpc.AuthorizationStub, local_issuer: LocalIssuer
+) -> None:
+    def token(user: str, scope: str, **claims: object) -> str:
+        return local_issuer.token(
+            sub=user, audience=AUDIENCE, scope=scope, client_id="support-agent", **claims
+        )
+
+    def status(request: external_auth_pb2.CheckRequest) -> tuple[int, int]:
+        answer = naive.Check(request, timeout=5)
+        return answer.status.code, answer.denied_response.status.code
+
+    ok = grpc.StatusCode.OK.value[0]
+    unauthenticated = grpc.StatusCode.UNAUTHENTICATED.value[0]
+    denied = grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert status(check_request("GET", "/tickets/1", token("alice", "tickets:read"))) == (ok, 0)
+    assert status(check_request("POST", "/tickets", token("alice", "tickets:write")))[0] == ok
+    # The user lacks the permission, the scope lacks it, no route needs it, a disabled user.
+    assert status(check_request("POST", "/tickets", token("bob", "tickets:write"))) == (
+        denied,
+        403,
+    )
+    assert status(check_request("POST", "/tickets", token("alice", "tickets:read")))[1] == 403
+    assert status(check_request("GET", "/admin", token("alice", "tickets:read")))[1] == 403
+    assert status(check_request("GET", "/tickets/1", token("mallory", "tickets:read")))[1] == 403
+    # No token, a garbage token, a token for another audience, an expired one.
+    assert status(check_request("GET", "/tickets/1")) == (unauthenticated, 401)
+    assert status(check_request("GET", "/tickets/1", "not.a.jwt"))[1] == 401
+    other = local_issuer.token(sub="alice", audience="https://other.test", scope="tickets:read")
+    assert status(check_request("GET", "/tickets/1", other))[1] == 401
+    expired = token("alice", "tickets:read", lifetime=60, now=1_000_000_000)
+    assert status(check_request("GET", "/tickets/1", expired))[1] == 401
+
+
+@pytest.mark.e2e
+def test_every_case_config_passes_envoy_validate(tmp_path: Path) -> None:
+    try:
+        envoy = find_envoy()
+    except EnvoyNotFound as err:
+        if os.environ.get(ENVOY_ENV_VAR):
+            pytest.fail(str(err), pytrace=False)
+        pytest.skip(str(err))
+    written = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_envoy.py"), "--write-configs", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert written.returncode == 0, written.stderr
+    paths = [Path(line) for line in written.stdout.split()]
+    assert {p.stem for p in paths} == CASES | {"upstream"}
+    for path in paths:
+        result = subprocess.run(
+            [str(envoy), "--mode", "validate", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, f"{path.name}:\n{result.stdout}{result.stderr}"
