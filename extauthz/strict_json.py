@@ -23,6 +23,11 @@ _INVISIBLE = frozenset({"Cc", "Cf"})
 
 def fold_name(name: str) -> str:
     """The form under which two member names count as the same for a lenient parser."""
+    if name.isascii():
+        # NFKC leaves ASCII alone and casefold is lower there: the common case, cheaply.
+        lowered = name.lower()
+        if lowered.isprintable():
+            return lowered
     folded = unicodedata.normalize("NFKC", name).casefold()
     if folded.isascii() and folded.isprintable():
         return folded

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -480,14 +479,6 @@ def test_handler_uses_its_clock_for_the_decision_and_the_line(
     (line,) = harness.lines()
     assert line["reason"] == "token_expired"
     assert line["feed_age_s"] >= 7200
-
-
-def test_servicer_check_delegates_to_the_handler(harness: Harness, issuer: LocalIssuer) -> None:
-    servicer = extauthz.service.AuthorizationServicer(harness.handler)
-    request = check_request(headers=bearer(delegated_token(issuer)))
-    response = asyncio.run(servicer.Check(request, None))
-    assert response.status.code == code_pb2.OK
-    assert len(harness.lines()) == 1
 
 
 def test_config_path_points_into_the_temporary_deployment(enforce_config: Config) -> None:
