@@ -5,7 +5,7 @@ TOOLS  := .tools
 PIP_FLAGS := --quiet --disable-pip-version-check
 
 .PHONY: demo test lint unit e2e soak bench bench-check bench-decide bench-feed \
-	bench-propagation proto fuzz tools deploy-tools deploy-check clean
+	bench-propagation bench-overload proto fuzz tools deploy-tools deploy-check clean
 
 # The package and its test tools.
 $(VENV)/.installed: pyproject.toml
@@ -115,6 +115,10 @@ bench-check: $(VENV)/.installed
 # The decision core alone (no gRPC): decisions per second for a realistic policy.
 bench-decide: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/bench_decide.py
+
+# Open-loop load at 0.5x, 1x and 2x the rate extauthz sustains, through a real Envoy.
+bench-overload: $(VENV)/.installed $(TOOLS)/.installed
+	$(ENVOY_ENV) $(VENV)/bin/python benchmarks/bench_overload.py
 
 # Generates a feed of 1,000,000 users and prints load time and memory (about a minute).
 bench-feed: $(VENV)/.installed
