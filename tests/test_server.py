@@ -38,16 +38,33 @@ def issuer() -> LocalIssuer:
     return LocalIssuer()
 
 
-def server_config(dest: Path, issuer: LocalIssuer) -> Config:
-    def edit(d: dict[str, Any]) -> None:
-        d["server"] = {
-            "grpc_listen": "127.0.0.1:0",
-            "http_listen": "127.0.0.1:0",
-            "shutdown_grace": "1s",
-        }
-        d["feed"] = {"source": "feed/users.json", "refresh": "50ms", "max_staleness": "30s"}
+def deployed(
+    dest: Path,
+    issuer: LocalIssuer | None,
+    *,
+    server: dict[str, Any] | None = None,
+    feed: dict[str, Any] | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+) -> Config:
+    """The example policy on free ports with a quickly polled feed, plus ``server`` and
+    ``feed`` settings and any other ``edit``."""
 
-    return load_config(make_deployment(dest, issuer, edit))
+    def apply(d: dict[str, Any]) -> None:
+        d["server"] = {"grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0", **(server or {})}
+        d["feed"] = {
+            "source": "feed/users.json",
+            "refresh": "50ms",
+            "max_staleness": "30s",
+            **(feed or {}),
+        }
+        if edit is not None:
+            edit(d)
+
+    return load_config(make_deployment(dest, issuer, apply))
+
+
+def server_config(dest: Path, issuer: LocalIssuer) -> Config:
+    return deployed(dest, issuer, server={"shutdown_grace": "1s"})
 
 
 @pytest.fixture
@@ -333,19 +350,11 @@ async def test_busy_grpc_port_fails_start(tmp_path: Path, issuer: LocalIssuer) -
 def http_feed_config(
     dest: Path, issuer: LocalIssuer, url: str, snapshot: Path | None, staleness: str = "30s"
 ) -> Config:
-    def edit(d: dict[str, Any]) -> None:
-        d["server"] = {"grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0"}
-        d["feed"] = {
-            "source": url,
-            "refresh": "50ms",
-            "max_staleness": staleness,
-            "timeout": "1s",
-            "retries": 0,
-        }
-        if snapshot is not None:
-            d["feed"]["snapshot_file"] = str(snapshot)
-
-    return load_config(make_deployment(dest, issuer, edit))
+    feed: dict[str, Any] = {"source": url, "max_staleness": staleness, "timeout": "1s"}
+    feed["retries"] = 0
+    if snapshot is not None:
+        feed["snapshot_file"] = str(snapshot)
+    return deployed(dest, issuer, feed=feed)
 
 
 def feed_json(version: str, users: dict[str, Any]) -> bytes:
@@ -481,14 +490,12 @@ async def test_feed_revocations_and_disabled_agents_are_exported_as_gauges(
 
 
 def jwks_url_config(dest: Path, issuer: LocalIssuer, url: str) -> Config:
-    def edit(d: dict[str, Any]) -> None:
-        d["server"] = {"grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0"}
-        d["feed"] = {"source": "feed/users.json", "refresh": "50ms", "max_staleness": "30s"}
+    def keys_by_url(d: dict[str, Any]) -> None:
         entry = d["issuers"][0]
         entry.pop("jwks_file")
         entry.update(jwks_url=url, fetch_timeout="1s", unknown_kid_refetch="10s")
 
-    return load_config(make_deployment(dest, None, edit))
+    return deployed(dest, None, edit=keys_by_url)
 
 
 async def test_keys_down_at_start_means_not_ready_until_they_come(
@@ -563,15 +570,7 @@ async def test_a_token_signed_with_a_rotated_in_key_is_allowed_on_its_first_requ
 
 
 def reloading_config(dest: Path, issuer: LocalIssuer) -> Config:
-    def edit(d: dict[str, Any]) -> None:
-        d["server"] = {
-            "grpc_listen": "127.0.0.1:0",
-            "http_listen": "127.0.0.1:0",
-            "reload_check": "20ms",
-        }
-        d["feed"] = {"source": "feed/users.json", "refresh": "50ms", "max_staleness": "30s"}
-
-    return load_config(make_deployment(dest, issuer, edit))
+    return deployed(dest, issuer, server={"reload_check": "20ms"})
 
 
 def edit_config(config: Config, edit: Callable[[dict[str, Any]], None]) -> None:
@@ -874,10 +873,7 @@ async def test_a_streamed_feed_makes_the_server_ready_and_a_change_denies_at_onc
 
 
 def overload_config(dest: Path, issuer: LocalIssuer, **server: Any) -> Config:
-    def edit(d: dict[str, Any]) -> None:
-        d["server"] = {"grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0", **server}
-
-    return load_config(make_deployment(dest, issuer, edit))
+    return deployed(dest, issuer, server=server)
 
 
 async def test_a_check_with_too_little_deadline_left_is_shed_at_once(
