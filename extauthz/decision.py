@@ -23,7 +23,7 @@ from extauthz.feed.cache import FeedState
 from extauthz.model import Decision, Identity, RequestAttributes
 from extauthz.permissions import GrantSet
 from extauthz.routes import McpToolUnknown, RouteMatch, match_route
-from extauthz.tokens.cache import VerifiedTokens
+from extauthz.tokens.cache import VerifiedToken, VerifiedTokens
 from extauthz.tokens.identity import identity_from_claims
 from extauthz.tokens.keys import KeySet
 from extauthz.tokens.verify import bearer_token, validate_claims, verify_signature
@@ -104,17 +104,22 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
     try:
         token = bearer_token(request.headers.get("authorization"))
         cache = view.verified_tokens
-        signed = cache.get(token) if cache is not None else None
-        if signed is None:
+        verified = cache.get(token) if cache is not None else None
+        if verified is None:
             signed = verify_signature(token, config.issuers, view.key_sets, config.tokens)
+            verified = VerifiedToken(
+                signed, _claim_str(signed.claims, "client_id"), _claim_str(signed.claims, "jti")
+            )
             if cache is not None:
-                cache.put(token, signed)
-        trace.issuer = signed.issuer
-        trace.client_id = _claim_str(signed.claims, "client_id")
-        trace.jti = _claim_str(signed.claims, "jti")
+                cache.put(token, verified)
+        signed = verified.signed
+        trace.issuer, trace.client_id, trace.jti = signed.issuer, verified.client_id, verified.jti
         validate_claims(signed.claims, config.tokens, trace.audience, now)
         _check_not_revoked(trace.jti, signed.issuer, view.feed, config)
-        identity = trace.identity = identity_from_claims(signed.claims, signed.issuer)
+        identity = verified.identity
+        if identity is None:  # claims alone decide it: established once per token
+            identity = verified.identity = identity_from_claims(signed.claims, signed.issuer)
+        trace.identity = identity
         disabled_agents = view.feed.snapshot.disabled_agents if view.feed.snapshot else frozenset()
         actors = _authorized_actors(identity, signed.claims, config, disabled_agents)
         user_grants = _user_grants(identity, view.feed, config, now)
@@ -130,7 +135,10 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
             match.mcp_method,
             match.mcp_tool,
         )
-        return trace.decision(_check_permission(trace, match, actors, user_grants, identity))
+        if verified.scope_grants is None:
+            verified.scope_grants = GrantSet(identity.scopes)
+        reason = _check_permission(trace, match, actors, user_grants, verified.scope_grants)
+        return trace.decision(reason)
     except Denied as denied:
         return trace.decision(denied.reason, denied.refetch_keys_of)
 
@@ -216,7 +224,7 @@ def _check_permission(
     match: RouteMatch,
     actors: tuple[AgentConfig, ...],
     user_grants: GrantSet | None,
-    identity: Identity,
+    scope_grants: GrantSet,
 ) -> Reason:
     """Record each side's answer on ``trace``; the reason names the first side lacking."""
     permission = match.permission
@@ -225,7 +233,7 @@ def _check_permission(
         return Reason.ALLOWED
     agent_has = all(a.permissions.grants_permission(permission) for a in actors)
     user_has = None if user_grants is None else user_grants.grants_permission(permission)
-    scope_has = GrantSet(identity.scopes).grants_permission(permission)
+    scope_has = scope_grants.grants_permission(permission)
     trace.agent_has, trace.user_has, trace.scope_has = agent_has, user_has, scope_has
     trace.lacking = tuple(
         side

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from extauthz.tokens.cache import VerifiedTokens
+from extauthz.tokens.cache import VerifiedToken, VerifiedTokens
 from extauthz.tokens.verify import SignedToken
 
 
-def signed(n: int) -> SignedToken:
-    return SignedToken({"kid": "k"}, {"jti": str(n)}, "https://idp.example.test")
+def signed(n: int) -> VerifiedToken:
+    token = SignedToken({"kid": "k"}, {"jti": str(n)}, "https://idp.example.test")
+    return VerifiedToken(token, None, str(n))
 
 
 def test_a_put_token_is_found_by_its_exact_text_only() -> None:

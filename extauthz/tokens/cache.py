@@ -10,9 +10,25 @@ a reload or a key refresh starts an empty one, so a removed key cannot linger he
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from extauthz.model import Identity
+from extauthz.permissions import GrantSet
 from extauthz.tokens.verify import SignedToken
 
 DEFAULT_MAX_ENTRIES = 10_000
+
+
+@dataclass(slots=True)
+class VerifiedToken:
+    """A token whose signature verified, and what follows from its claims alone: who it
+    names and the scope it grants, filled in once the first request established them."""
+
+    signed: SignedToken
+    client_id: str | None
+    jti: str | None
+    identity: Identity | None = None
+    scope_grants: GrantSet | None = None
 
 
 class VerifiedTokens:
@@ -22,12 +38,12 @@ class VerifiedTokens:
         self.max_entries = max_entries
         # Keyed by the token itself: the dict compares the whole string on a hash match,
         # so no other byte sequence can ever be taken for a cached token.
-        self._entries: dict[str, SignedToken] = {}
+        self._entries: dict[str, VerifiedToken] = {}
 
-    def get(self, token: str) -> SignedToken | None:
+    def get(self, token: str) -> VerifiedToken | None:
         return self._entries.get(token)
 
-    def put(self, token: str, signed: SignedToken) -> None:
+    def put(self, token: str, signed: VerifiedToken) -> None:
         if self.max_entries <= 0:
             return
         entries = self._entries
