@@ -540,3 +540,18 @@ def test_a_stalled_decision_log_refuses_or_answers_as_configured_and_counts(
     assert background.close(5.0)
     written = len(stream.getvalue().splitlines())
     assert written + dropped == 6  # every decision is either written or counted
+
+
+def test_decision_ids_are_unique_hex_and_differ_between_handlers(
+    enforce_config: Config, issuer: LocalIssuer
+) -> None:
+    first, second = Harness(enforce_config), Harness(enforce_config)
+    request = check_request(headers=bearer(delegated_token(issuer)))
+    for _ in range(50):
+        first.check(request)
+        second.check(request)
+    ids = [line["decision_id"] for h in (first, second) for line in h.lines()]
+    assert len(set(ids)) == 100
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # Another process (here: another handler) has another random prefix.
+    assert ids[0][:16] != ids[50][:16]
