@@ -417,7 +417,8 @@ def test_a_failing_stdout_drops_and_counts_lines_then_recovers_on_a_probe(
     stream.broken = False
     log._next_probe = 0.0  # the probe is due (it is once a second)
     log.write(record(decision_id="c" * 32))
-    wait_until(lambda: "c" * 32 in stream.getvalue(), "the probe line")
+    # Written, and the writer has finished with it (the failing state ends with it).
+    wait_until(lambda: "c" * 32 in stream.getvalue() and log.pending == 0, "the probe line")
     log.write(record(decision_id="d" * 32))  # recovered: accepted at once
     assert log.close(5.0)
     assert ids_written(stream) == ["c" * 32, "d" * 32]

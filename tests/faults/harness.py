@@ -263,8 +263,11 @@ ROLLING_RESTART_SETTINGS: dict[str, Any] = {
     # Retries are bounded by the cluster's circuit breaker (default: 3 at once); a
     # restart makes every in-flight check retry together, so allow more.
     "circuit_breakers": {"thresholds": [{"max_retries": 1000}]},
+    # Never route to an instance the health check took out, even with half of them out.
+    "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
     "retry_policy": {
-        "retry_on": "connect-failure,refused-stream,reset,unavailable,resource-exhausted",
+        "retry_on": "connect-failure,refused-stream,reset,gateway-error,cancelled,internal,"
+        "unavailable,resource-exhausted",
         "num_retries": 2,
         "retry_host_predicate": [
             {
@@ -292,6 +295,7 @@ def edit_for_two_instances(config: dict[str, Any], second_grpc_port: int) -> Non
     endpoints.append(second)
     cluster["health_checks"] = ROLLING_RESTART_SETTINGS["health_checks"]
     cluster["circuit_breakers"] = ROLLING_RESTART_SETTINGS["circuit_breakers"]
+    cluster["common_lb_config"] = ROLLING_RESTART_SETTINGS["common_lb_config"]
     ext_authz = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
         "typed_config"
     ]["http_filters"][0]["typed_config"]
