@@ -16,7 +16,6 @@ import sys
 import time
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
@@ -35,7 +34,12 @@ from extauthz.key_refresh import KeyRefresher
 from extauthz.metrics import Metrics
 from extauthz.reload import load_reload, watched_digest
 from extauthz.runtime_metrics import track_event_loop_tasks
-from extauthz.service import AuthorizationServicer, CheckHandler, Runtime
+from extauthz.service import (
+    AuthorizationServicer,
+    CheckHandler,
+    Runtime,
+    add_authorization_servicer,
+)
 from extauthz.tokens.keys import KeySet, load_jwks_file
 
 log = logging.getLogger("extauthz.server")
@@ -199,9 +203,7 @@ class Server:
                 ("grpc.so_reuseport", 1 if self.worker else 0),
             ],
         )
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationServicer(self.handler), self._grpc
-        )
+        add_authorization_servicer(AuthorizationServicer(self.handler), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         try:
             self.grpc_port = self._grpc.add_insecure_port(self.config.server.grpc_listen)

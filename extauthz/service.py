@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2
 
 from extauthz.config import Config
 from extauthz.decision import PolicyView, decide
 from extauthz.decision_log import DecisionLogFull, DecisionSink, decision_record
-from extauthz.envoy import check_response, request_from_check, status_of
+from extauthz.envoy import encode_check_response, request_from_check, status_of
 from extauthz.errors import Reason
 from extauthz.feed.cache import FeedCache
 from extauthz.metrics import Metrics
@@ -119,13 +119,16 @@ class CheckHandler:
         self._id_counter = itertools.count(1)
 
     def check(self, check: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
-        """Decide and answer one check from the keys at hand."""
+        """Decide and answer one check from the keys at hand, read back from the wire form
+        that Envoy gets."""
+        return external_auth_pb2.CheckResponse.FromString(self.check_encoded(check))
+
+    def check_encoded(self, check: external_auth_pb2.CheckRequest) -> bytes:
+        """As ``check``, the answer serialized."""
         return self._answer(self._decide(check))
 
-    async def check_refetching_keys(
-        self, check: external_auth_pb2.CheckRequest
-    ) -> external_auth_pb2.CheckResponse:
-        """As ``check``, but a token naming a key its issuer has not yet given us gets one
+    async def check_refetching_keys(self, check: external_auth_pb2.CheckRequest) -> bytes:
+        """As ``check_encoded``, but a token naming a key its issuer has not yet given us gets one
         (rate-limited) refetch of that issuer's keys and is decided again: the first token
         signed with a rotated-in key is not refused."""
         pending = self._decide(check)
@@ -141,7 +144,7 @@ class CheckHandler:
                 pending.decision = self._safe_decide(pending)
         return self._answer(pending)
 
-    def shed(self, check: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
+    def shed(self, check: external_auth_pb2.CheckRequest) -> bytes:
         """Answer 503 overloaded without deciding: the check waited in the queue until too
         little of its deadline is left. Still logged and counted, like any answer."""
         pending = self._pending()
@@ -160,7 +163,7 @@ class CheckHandler:
             _EMPTY_REQUEST,
             self.runtime.view(),
             self.clock(),
-            Decision(Reason.INTERNAL_ERROR),
+            _UNDECIDED,
         )
 
     def _decide(self, check: external_auth_pb2.CheckRequest) -> _Pending:
@@ -180,10 +183,12 @@ class CheckHandler:
             log.exception("check failed unexpectedly", extra={"decision_id": pending.decision_id})
             return Decision(Reason.INTERNAL_ERROR)
 
-    def _answer(self, pending: _Pending) -> external_auth_pb2.CheckResponse:
+    def _answer(self, pending: _Pending) -> bytes:
         decision, decision_id, view = pending.decision, pending.decision_id, pending.view
         enforce = view.config.mode == "enforce"
-        response = check_response(decision, decision_id, view.config.response, enforce=enforce)
+        response = encode_check_response(
+            decision, decision_id, view.config.response, enforce=enforce
+        )
         elapsed = time.perf_counter() - pending.started
         record = self._record(
             decision, decision_id, pending.request, view, pending.now, elapsed, enforce
@@ -193,12 +198,16 @@ class CheckHandler:
         except DecisionLogFull:
             # Reported by the log itself, once per episode, not once per request.
             decision = Decision(Reason.DECISION_LOG_UNAVAILABLE)
-            response = check_response(decision, decision_id, view.config.response, enforce=True)
+            response = encode_check_response(
+                decision, decision_id, view.config.response, enforce=True
+            )
         except (OSError, ValueError):
             # An unaudited allow is worse than a refused request: fail closed.
             log.exception("decision log write failed", extra={"decision_id": decision_id})
             decision = Decision(Reason.INTERNAL_ERROR)
-            response = check_response(decision, decision_id, view.config.response, enforce=True)
+            response = encode_check_response(
+                decision, decision_id, view.config.response, enforce=True
+            )
         self.metrics.observe_check(decision.reason, elapsed)
         return response
 
@@ -230,17 +239,21 @@ class CheckHandler:
 
 
 _EMPTY_REQUEST = RequestAttributes(method="", host="", path="", headers={})
+# Until decided, a check stands denied: an exception before the decision answers this.
+_UNDECIDED = Decision(Reason.INTERNAL_ERROR)
 
 
-class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    """gRPC ``envoy.service.auth.v3.Authorization``."""
+class AuthorizationServicer:
+    """gRPC ``envoy.service.auth.v3.Authorization``. ``Check`` answers in wire form:
+    register it with ``add_authorization_servicer``, not the generated helper, whose
+    serializer expects a message."""
 
     def __init__(self, handler: CheckHandler) -> None:
         self.handler = handler
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
-    ) -> external_auth_pb2.CheckResponse:
+    ) -> bytes:
         # Past saturation checks queue up; one that arrives with almost none of its
         # deadline left is answered at once instead of decided too late for anyone.
         min_time_left = self.handler.runtime.config.server.min_time_left
@@ -249,3 +262,27 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             if remaining is not None and remaining < min_time_left:
                 return self.handler.shed(request)
         return await self.handler.check_refetching_keys(request)
+
+
+def _already_encoded(response: bytes) -> bytes:
+    return response
+
+
+def add_authorization_servicer(servicer: AuthorizationServicer, server: grpc.aio.Server) -> None:
+    """Serve ``servicer`` as envoy.service.auth.v3.Authorization on ``server``."""
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            servicer.Check,
+            request_deserializer=external_auth_pb2.CheckRequest.FromString,
+            response_serializer=_already_encoded,
+        )
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_SERVICE_NAME, handlers),)
+    )
+    # As the generated helper does: a method registered up front skips the lookup of a
+    # generic handler on every call.
+    server.add_registered_method_handlers(_SERVICE_NAME, handlers)
+
+
+_SERVICE_NAME = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name

@@ -43,7 +43,14 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def has_folded_collision(obj: dict[str, Any]) -> bool:
     """Whether two member names of ``obj`` are the same under ``fold_name``."""
-    return len(obj) > 1 and len({fold_name(k) for k in obj}) != len(obj)
+    if len(obj) < 2:
+        return False
+    names = "".join(obj)
+    if names.isascii() and names.isprintable() and names == names.lower():
+        # Every name is its own folded form (fold_name's first case), and the names are
+        # distinct already: no collision, found without folding name by name.
+        return False
+    return len({fold_name(k) for k in obj}) != len(obj)
 
 
 def _unique_folded(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -256,7 +255,7 @@ def test_decision_log_line_survives_non_ascii_and_newlines_in_values() -> None:
 
 
 def request_with(field: str, value: str) -> RequestAttributes:
-    return replace(REQUEST, **{field: value})
+    return REQUEST._replace(**{field: value})
 
 
 @pytest.mark.parametrize("field", ["host", "path", "request_id"])

@@ -9,9 +9,13 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from google.rpc import code_pb2
 from helpers import check_request, header_values
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extauthz.config import ResponseConfig
 from extauthz.envoy import (
+    _ALLOW_BODIES,
+    _MAX_ALLOW_BODIES,
     HEADER_AGENT,
     HEADER_DECISION_ID,
     HEADER_PERMISSION,
@@ -19,6 +23,7 @@ from extauthz.envoy import (
     METHOD_OVERRIDE_HEADERS,
     answer_for,
     check_response,
+    encode_check_response,
     request_from_check,
     status_of,
 )
@@ -396,3 +401,66 @@ def test_dry_run_allow_is_the_same_as_an_enforced_allow() -> None:
     enforced = check_response(decision, DECISION_ID, DEFAULT_RESPONSE, enforce=True)
     dry = check_response(decision, DECISION_ID, DEFAULT_RESPONSE, enforce=False)
     assert dry == enforced
+
+
+# --- the wire form that Envoy gets -------------------------------------------------------
+
+_ids = st.text(min_size=1, max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    reason=st.sampled_from(list(Reason)),
+    agent=_ids,
+    user=st.none() | _ids,
+    permission=st.none() | _ids,
+    enforce=st.booleans(),
+    forward_authorization=st.booleans(),
+)
+def test_the_encoded_answer_reads_back_as_the_answer_check_response_builds(
+    reason: Reason,
+    agent: str,
+    user: str | None,
+    permission: str | None,
+    enforce: bool,
+    forward_authorization: bool,
+) -> None:
+    # The allow path writes protobuf by hand; any slip in a tag or a length shows here as
+    # a different message, or as bytes that do not parse at all.
+    identity = Identity(agent, user, (agent,), None, "https://idp", None, frozenset())
+    decision = Decision(reason, identity=identity, permission=permission)
+    config = ResponseConfig(forward_authorization=forward_authorization)
+    for _ in range(2):  # the first call prepares the allow body, the second reuses it
+        try:
+            expected = check_response(decision, DECISION_ID, config, enforce=enforce)
+        except ValueError:  # text protobuf will not take (a lone surrogate)
+            with pytest.raises(ValueError):
+                encode_check_response(decision, DECISION_ID, config, enforce=enforce)
+            return
+        wire = encode_check_response(decision, DECISION_ID, config, enforce=enforce)
+        assert external_auth_pb2.CheckResponse.FromString(wire) == expected
+
+
+def test_prepared_allow_bodies_are_bounded() -> None:
+    config = ResponseConfig()
+    for n in range(_MAX_ALLOW_BODIES + 10):
+        identity = Identity(f"agent-{n}", "alice", (f"agent-{n}",), None, "i", None, frozenset())
+        decision = Decision(Reason.ALLOWED, identity=identity, permission="tickets:read")
+        wire = encode_check_response(decision, DECISION_ID, config, enforce=True)
+        ok = external_auth_pb2.CheckResponse.FromString(wire).ok_response
+        headers = header_values(ok.headers)
+        assert headers["x-extauthz-agent"] == f"agent-{n}"
+    assert len(_ALLOW_BODIES) <= _MAX_ALLOW_BODIES
+
+
+@pytest.mark.parametrize("length", [*range(95, 135), 16_380, 16_390, 20_000])
+def test_the_encoded_answer_is_right_where_a_length_needs_a_second_byte(length: int) -> None:
+    # Lengths under 128 take one byte, written by a shortcut; the nested lengths of a
+    # header cross that line at different value lengths, so every one near it is tried.
+    for value in ("a" * length, "é" * (length // 2)):
+        identity = Identity(value, value, (value,), None, "https://idp", None, frozenset())
+        decision = Decision(Reason.ALLOWED, identity=identity, permission=value)
+        decision_id = "d" * length  # ours are 32 characters; the metadata has the same rule
+        wire = encode_check_response(decision, decision_id, DEFAULT_RESPONSE, enforce=True)
+        expected = check_response(decision, decision_id, DEFAULT_RESPONSE, enforce=True)
+        assert external_auth_pb2.CheckResponse.FromString(wire) == expected

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
+from envoy.service.auth.v3 import external_auth_pb2
 from helpers import ISSUER
 from hostile import (
     ALG_OF_KID,
@@ -843,7 +844,8 @@ async def test_nothing_is_fetched_from_jku_x5u_or_any_url_a_token_names(
     assert len(pointing) >= 8
 
     for attack in pointing:
-        response = await harness.handler.check_refetching_keys(attack_request(attack, kit))
+        encoded = await harness.handler.check_refetching_keys(attack_request(attack, kit))
+        response = external_auth_pb2.CheckResponse.FromString(encoded)
         assert response.dynamic_metadata["reason"] == attack.expect.value
 
     assert kit.evil.requests == [], "the attacker's server was contacted"

@@ -32,6 +32,7 @@ from extauthz.tokens.keys import KeySet, parse_jwks
 from extauthz.tokens.verify import (
     MAX_TOKEN_LENGTH,
     SignedToken,
+    _b64decode,
     bearer_token,
     validate_claims,
     verify_signature,
@@ -1187,3 +1188,20 @@ def test_denies_json_that_is_not_plain_utf8(
     body = encode(json.dumps(payload()))
     token = forge(header(), body, signing_keys["rsa-1"])
     assert verifier.reason(token) is Reason.TOKEN_MALFORMED
+
+
+@pytest.mark.parametrize("length", range(1, 7))
+def test_every_spelling_of_a_part_but_the_canonical_one_is_malformed(length: int) -> None:
+    # A part of n bytes leaves 0, 4 or 2 bits unused in its last character (RFC 4648
+    # §3.5); each other setting of them spells the same bytes and must be refused.
+    data = bytes(range(200, 200 + length))
+    canonical = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    assert _b64decode(canonical, "payload") == data
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    unused_bits = {0: 0, 2: 4, 3: 2}[len(canonical) % 4]
+    last = alphabet.index(canonical[-1])
+    for setting in range(1, 2**unused_bits):
+        spelling = canonical[:-1] + alphabet[last | setting]
+        with pytest.raises(TokenRejected) as refused:
+            _b64decode(spelling, "payload")
+        assert refused.value.reason is Reason.TOKEN_MALFORMED
