@@ -12,6 +12,7 @@ baseline; there are no thresholds: compare runs on the same machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import platform
 import shutil
@@ -100,13 +101,13 @@ def main() -> None:
             )
             public = issuer.keys[kid].public_key()
             baseline = per_call_us(
-                lambda t=token, k=public, a=alg: jwt.decode(
-                    t, k, algorithms=[a], audience=AUDIENCE
-                ),
+                functools.partial(jwt.decode, token, public, algorithms=[alg], audience=AUDIENCE),
                 args.seconds,
             )
             allowed = check_request(token, "GET", "/tickets/1")
-            check = per_call_us(lambda r=allowed: server.handler.check_encoded(r), args.seconds)
+            check = per_call_us(
+                functools.partial(server.handler.check_encoded, allowed), args.seconds
+            )
             reset_sink()
             print(f"{'baseline: PyJWT jwt.decode, ' + alg:<48} {baseline:>9.1f} {1.0:>11.2f}")
             print(f"{'Check, delegated allow, ' + alg:<48} {check:>9.1f} {check / baseline:>11.2f}")
@@ -130,7 +131,9 @@ def main() -> None:
             ),
         }
         for name, request in denies.items():
-            cost = per_call_us(lambda r=request: server.handler.check_encoded(r), args.seconds)
+            cost = per_call_us(
+                functools.partial(server.handler.check_encoded, request), args.seconds
+            )
             reset_sink()
             print(f"{name:<48} {cost:>9.1f} {cost / rsa_baseline:>11.2f}")
         print("\nRatios are against the RS256 baseline for the deny rows.")
