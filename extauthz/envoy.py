@@ -150,13 +150,7 @@ def encode_check_response(
     message and serialized. Both parse to the same CheckResponse (a test holds them to it)."""
     if not (decision.allowed or not enforce):
         return _serialized(check_response(decision, decision_id, response_config, enforce=enforce))
-    identity = decision.identity if decision.allowed else None
-    key = (
-        response_config.forward_authorization,
-        identity.agent if identity else None,
-        identity.user if identity else None,
-        decision.permission if decision.allowed else None,
-    )
+    key = (response_config.forward_authorization, *_identity_values(decision))
     try:
         rest = _ALLOW_BODIES[key]
     except KeyError:
@@ -171,8 +165,10 @@ def encode_check_response(
             _ALLOW_BODIES.clear()
         _ALLOW_BODIES[key] = rest
     decision_id_bytes = decision_id.encode("ascii")
+    header_before, header_after, metadata_before = _decision_id_frames(len(decision_id_bytes))
     metadata = (
-        _wire_metadata_string(_WIRE_KEY_DECISION_ID, decision_id_bytes)
+        metadata_before
+        + decision_id_bytes
         + _wire_reason(decision.reason)
         + (_WIRE_ALLOWED_TRUE if decision.allowed else _WIRE_ALLOWED_FALSE)
     )
@@ -181,9 +177,21 @@ def encode_check_response(
     # prepared one (the identity headers, the headers to remove) read as one, with the
     # headers in check_response's order.
     return (
-        _wire_field(_OK_RESPONSE, _wire_header(_WIRE_KEY_DECISION_ID_HEADER, decision_id_bytes))
+        header_before
+        + decision_id_bytes
+        + header_after
         + rest
         + _wire_field(_DYNAMIC_METADATA, metadata)
+    )
+
+
+def _identity_values(decision: Decision) -> tuple[str | None, str | None, str | None]:
+    """Agent, user and permission for the identity headers: an allow's, else none."""
+    identity = decision.identity if decision.allowed else None
+    return (
+        identity.agent if identity else None,
+        identity.user if identity else None,
+        decision.permission if decision.allowed else None,
     )
 
 
@@ -252,48 +260,14 @@ def _wire_field(tag: bytes, payload: bytes) -> bytes:
 
 def _wire_header(key: bytes, value: bytes) -> bytes:
     """One OkHttpResponse.headers entry; ``key`` is its HeaderValue.key field, prepared."""
-    n = len(value)
-    header = len(key) + 2 + n
-    if header + 4 >= 128:  # a length takes more than one byte: the general way
-        inner = key + _wire_field(_HEADER_VALUE, value)
-        return _wire_field(_OK_HEADERS, _wire_field(_OPTION_HEADER, inner) + _APPEND_OVERWRITE)
-    # Every length fits one byte: the nested fields written in one go, no call per level.
-    lengths = _ONE_BYTE_LENGTHS
-    return b"".join(
-        (
-            _OK_HEADERS,
-            lengths[header + 4],
-            _OPTION_HEADER,
-            lengths[header],
-            key,
-            _HEADER_VALUE,
-            lengths[n],
-            value,
-            _APPEND_OVERWRITE,
-        )
-    )
+    header = key + _wire_field(_HEADER_VALUE, value)
+    return _wire_field(_OK_HEADERS, _wire_field(_OPTION_HEADER, header) + _APPEND_OVERWRITE)
 
 
 def _wire_metadata_string(key: bytes, value: bytes) -> bytes:
     """One Struct.fields entry with a string value; ``key`` is the entry's key, prepared."""
-    n = len(value)
-    entry = len(key) + 4 + n
-    if entry + 2 >= 128:
-        inner = key + _wire_field(_ENTRY_VALUE, _wire_field(_VALUE_STRING, value))
-        return _wire_field(_STRUCT_FIELDS, inner)
-    lengths = _ONE_BYTE_LENGTHS
-    return b"".join(
-        (
-            _STRUCT_FIELDS,
-            lengths[entry],
-            key,
-            _ENTRY_VALUE,
-            lengths[n + 2],
-            _VALUE_STRING,
-            lengths[n],
-            value,
-        )
-    )
+    entry = key + _wire_field(_ENTRY_VALUE, _wire_field(_VALUE_STRING, value))
+    return _wire_field(_STRUCT_FIELDS, entry)
 
 
 def _wire_metadata_bool(key: bytes, value: bool) -> bytes:
@@ -306,6 +280,22 @@ _WIRE_KEY_REASON = _wire_field(_ENTRY_KEY, b"reason")
 _WIRE_KEY_DECISION_ID_HEADER = _wire_field(_HEADER_KEY, HEADER_DECISION_ID.encode())
 _WIRE_ALLOWED_TRUE = _wire_metadata_bool(b"allowed", True)
 _WIRE_ALLOWED_FALSE = _wire_metadata_bool(b"allowed", False)
+
+
+@functools.cache
+def _decision_id_frames(length: int) -> tuple[bytes, bytes, bytes]:
+    """What comes before and after a decision id of ``length`` bytes in its ok_response
+    header, and before it in its metadata entry: the enclosing lengths depend on its
+    length alone, so each check only puts its id in between."""
+    placeholder = b"-" * length
+    header = _wire_field(_OK_RESPONSE, _wire_header(_WIRE_KEY_DECISION_ID_HEADER, placeholder))
+    after = len(_APPEND_OVERWRITE)  # the id is followed by the append action alone
+    metadata = _wire_metadata_string(_WIRE_KEY_DECISION_ID, placeholder)  # the id comes last
+    return (
+        header[: len(header) - after - length],
+        header[len(header) - after :],
+        metadata[: len(metadata) - length],
+    )
 
 
 @functools.cache
@@ -327,13 +317,7 @@ def _ok_wire_template(
 def _ok_response(
     decision: Decision, decision_id: str, response_config: ResponseConfig
 ) -> external_auth_pb2.CheckResponse:
-    identity = decision.identity if decision.allowed else None
-    values = (
-        decision_id,
-        identity.agent if identity else None,
-        identity.user if identity else None,
-        decision.permission if decision.allowed else None,
-    )
+    values = (decision_id, *_identity_values(decision))
     template = _ok_template(
         response_config.forward_authorization, tuple(v is not None for v in values)
     )
