@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import platform
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from extauthz import __version__
 from extauthz.errors import Reason
@@ -42,18 +47,11 @@ class Metrics:
         self.multiprocess = multiprocess
         self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
         self._config_labels: tuple[str, str] | None = None
-        self.check_duration = Histogram(
-            "extauthz_check_duration_seconds",
-            "Time to decide one ext_authz Check, from request received to response built.",
-            ["decision"],
-            buckets=CHECK_BUCKETS,
-            registry=registry,
-        )
-        self.decisions = Counter(
-            "extauthz_decisions_total",
-            "Decisions by outcome and reason code (the decision-log reason).",
-            ["decision", "reason"],
-            registry=registry,
+        # The two series every check moves. In one process they are plain numbers that
+        # only the event loop's thread writes (a prometheus-client child takes a lock per
+        # update); with workers they must live in prometheus-client's shared files.
+        self._checks: _CheckSeries = (
+            _SharedCheckSeries(registry) if multiprocess else _LocalCheckSeries(registry)
         )
         self.feed_age = Gauge(
             "extauthz_feed_age_seconds",
@@ -143,15 +141,6 @@ class Metrics:
             registry=registry,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        # Every series exists from the start, so rates and alerts see zeros, not gaps; the
-        # children are resolved once here so a check does no label lookups.
-        self._decision_children = {
-            reason: self.decisions.labels(_decision_label(reason), reason.value)
-            for reason in Reason
-        }
-        self._duration_children = {
-            label: self.check_duration.labels(label) for label in ("allow", "deny")
-        }
         for refresh_outcome in REFRESH_OUTCOMES:
             self.feed_refreshes.labels(refresh_outcome)
         for reload_outcome in RELOAD_OUTCOMES:
@@ -159,8 +148,9 @@ class Metrics:
         self.feed_age.set(math.inf)
 
     def observe_check(self, reason: Reason, seconds: float) -> None:
-        self._duration_children[_decision_label(reason)].observe(seconds)
-        self._decision_children[reason].inc()
+        """Count one answered check and how long it took. Called from the event loop's
+        thread only."""
+        self._checks.observe(reason, seconds)
 
     def track(self, gauge: Gauge, value: Callable[[], float]) -> None:
         """Export ``value()`` as ``gauge``: read at scrape time, or (multiprocess) at
@@ -203,3 +193,100 @@ def _decision_label(reason: Reason) -> str:
 
 def _or_inf(value: float | None) -> float:
     return math.inf if value is None else value
+
+
+_DURATION_NAME = "extauthz_check_duration_seconds"
+_DURATION_HELP = "Time to decide one ext_authz Check, from request received to response built."
+_DECISIONS_NAME = "extauthz_decisions_total"
+_DECISIONS_HELP = "Decisions by outcome and reason code (the decision-log reason)."
+_DECISION_LABELS = ("allow", "deny")
+
+
+class _CheckSeries:
+    """``extauthz_check_duration_seconds{decision}`` and
+    ``extauthz_decisions_total{decision,reason}``. Every series exists from the start, so
+    rates and alerts see zeros, not gaps."""
+
+    def observe(self, reason: Reason, seconds: float) -> None:
+        raise NotImplementedError
+
+
+class _SharedCheckSeries(_CheckSeries):
+    """prometheus-client's own metrics, whose values multiprocess mode keeps in files
+    shared by the workers."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        duration = Histogram(
+            _DURATION_NAME,
+            _DURATION_HELP,
+            ["decision"],
+            buckets=CHECK_BUCKETS,
+            registry=registry,
+        )
+        decisions = Counter(
+            _DECISIONS_NAME, _DECISIONS_HELP, ["decision", "reason"], registry=registry
+        )
+        # Children resolved once, so a check does no label lookups.
+        self._durations = {reason: duration.labels(_decision_label(reason)) for reason in Reason}
+        self._decisions = {
+            reason: decisions.labels(_decision_label(reason), reason.value) for reason in Reason
+        }
+
+    def observe(self, reason: Reason, seconds: float) -> None:
+        self._durations[reason].observe(seconds)
+        self._decisions[reason].inc()
+
+
+class _LocalCheckSeries(_CheckSeries, Collector):
+    """The same series as plain numbers, collected at scrape time. Written by one thread
+    (the event loop's), so no lock: a scrape from another thread may see a check counted
+    in one series and not yet in the other, never a torn number."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._created = time.time()
+        # Per decision label: a count per bucket (the last one past every bound, +Inf),
+        # and the sum of the observed seconds.
+        self._buckets = {label: [0] * (len(CHECK_BUCKETS) + 1) for label in _DECISION_LABELS}
+        self._sums = dict.fromkeys(_DECISION_LABELS, 0.0)
+        self._decisions = dict.fromkeys(Reason, 0)
+        registry.register(self)
+
+    def observe(self, reason: Reason, seconds: float) -> None:
+        label = "allow" if reason is Reason.ALLOWED else "deny"
+        # A bucket's bound is inclusive (le), so the first bound >= seconds.
+        self._buckets[label][bisect.bisect_left(CHECK_BUCKETS, seconds)] += 1
+        self._sums[label] += seconds
+        self._decisions[reason] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        duration = HistogramMetricFamily(_DURATION_NAME, _DURATION_HELP, labels=["decision"])
+        for label in _DECISION_LABELS:
+            counts = list(self._buckets[label])
+            cumulative, buckets = 0, []
+            for bound, count in zip((*CHECK_BUCKETS, math.inf), counts, strict=True):
+                cumulative += count
+                buckets.append((_bound_text(bound), cumulative))
+            duration.add_metric([label], buckets, self._sums[label])
+            # As prometheus-client's own histogram: when the series began.
+            duration.samples.append(
+                Sample(f"{_DURATION_NAME}_created", {"decision": label}, self._created)
+            )
+        yield duration
+        decisions = CounterMetricFamily(
+            _DECISIONS_NAME, _DECISIONS_HELP, labels=["decision", "reason"]
+        )
+        for reason, count in self._decisions.items():
+            decisions.add_metric(
+                [_decision_label(reason), reason.value], count, created=self._created
+            )
+        yield decisions
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, so the registry refuses another metric of the same name.
+        yield HistogramMetricFamily(_DURATION_NAME, _DURATION_HELP, labels=["decision"])
+        yield CounterMetricFamily(_DECISIONS_NAME, _DECISIONS_HELP, labels=["decision", "reason"])
+
+
+def _bound_text(bound: float) -> str:
+    # As prometheus-client writes a bucket bound: 0.0001, 0.5, 1.0, +Inf.
+    return "+Inf" if bound == math.inf else repr(float(bound))

@@ -6,11 +6,13 @@ import math
 import platform
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from extauthz import __version__
 from extauthz.errors import Reason
-from extauthz.metrics import CHECK_BUCKETS, Metrics
+from extauthz.metrics import CHECK_BUCKETS, Metrics, _LocalCheckSeries, _SharedCheckSeries
 
 
 @pytest.fixture
@@ -48,8 +50,8 @@ def test_refresh_outcome_and_check_duration_series_exist_at_zero(metrics: Metric
 
 
 def test_counting_a_decision_moves_only_its_series(metrics: Metrics) -> None:
-    metrics.decisions.labels("deny", "token_expired").inc()
-    metrics.decisions.labels("deny", "token_expired").inc()
+    metrics.observe_check(Reason.TOKEN_EXPIRED, 0.0002)
+    metrics.observe_check(Reason.TOKEN_EXPIRED, 0.0002)
     expired = {"decision": "deny", "reason": "token_expired"}
     allowed = {"decision": "allow", "reason": "allowed"}
     assert sample(metrics, "extauthz_decisions_total", expired) == 2.0
@@ -59,7 +61,7 @@ def test_counting_a_decision_moves_only_its_series(metrics: Metrics) -> None:
 def test_check_duration_uses_sub_millisecond_buckets(metrics: Metrics) -> None:
     assert CHECK_BUCKETS[0] == 0.0001
     assert CHECK_BUCKETS[-1] == 1.0
-    metrics.check_duration.labels("allow").observe(0.0003)
+    metrics.observe_check(Reason.ALLOWED, 0.0003)
     allow = {"decision": "allow"}
     assert sample(metrics, "extauthz_check_duration_seconds_count", allow) == 1.0
     assert sample(metrics, "extauthz_check_duration_seconds_sum", allow) == pytest.approx(0.0003)
@@ -67,6 +69,54 @@ def test_check_duration_uses_sub_millisecond_buckets(metrics: Metrics) -> None:
     le_500us = {"decision": "allow", "le": "0.0005"}
     assert sample(metrics, "extauthz_check_duration_seconds_bucket", le_250us) == 0.0
     assert sample(metrics, "extauthz_check_duration_seconds_bucket", le_500us) == 1.0
+
+
+def test_a_duration_on_a_bucket_bound_falls_in_that_bucket(metrics: Metrics) -> None:
+    metrics.observe_check(Reason.ALLOWED, 0.001)
+    assert (
+        sample(
+            metrics,
+            "extauthz_check_duration_seconds_bucket",
+            {"decision": "allow", "le": "0.00075"},
+        )
+        == 0.0
+    )
+    assert (
+        sample(
+            metrics, "extauthz_check_duration_seconds_bucket", {"decision": "allow", "le": "0.001"}
+        )
+        == 1.0
+    )
+
+
+def _exposition(registry: CollectorRegistry) -> list[str]:
+    # Every line but the creation times, which differ by when each series was made.
+    return [
+        line for line in generate_latest(registry).decode().splitlines() if "_created" not in line
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(list(Reason)),
+            st.one_of(st.sampled_from(CHECK_BUCKETS), st.floats(0.0, 5.0)),
+        ),
+        max_size=30,
+    )
+)
+def test_one_process_series_read_as_prometheus_clients_own(
+    checks: list[tuple[Reason, float]],
+) -> None:
+    # In one process the check series are plain numbers; prometheus-client's own
+    # histogram and counter (what workers use) are the reference for what a scrape shows.
+    local, shared = CollectorRegistry(), CollectorRegistry()
+    local_series, shared_series = _LocalCheckSeries(local), _SharedCheckSeries(shared)
+    for reason, seconds in checks:
+        local_series.observe(reason, seconds)
+        shared_series.observe(reason, seconds)
+    assert _exposition(local) == _exposition(shared)
 
 
 def test_feed_age_is_infinite_before_any_feed(metrics: Metrics) -> None:
@@ -112,7 +162,7 @@ def test_issuer_keys_and_feed_users_gauges(metrics: Metrics) -> None:
 
 def test_two_instances_on_two_registries_do_not_collide() -> None:
     first, second = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
-    first.decisions.labels("allow", "allowed").inc()
+    first.observe_check(Reason.ALLOWED, 0.0002)
     labels = {"decision": "allow", "reason": "allowed"}
     assert sample(first, "extauthz_decisions_total", labels) == 1.0
     assert sample(second, "extauthz_decisions_total", labels) == 0.0
