@@ -8,9 +8,10 @@ first whose method and path template match wins. An MCP route reads the JSON-RPC
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from extauthz.errors import AccessForbidden, Reason, RequestInvalid
 from extauthz.model import RequestAttributes
@@ -61,16 +62,10 @@ class PathTemplate:
                 segments.append(raw)
         return cls(text, tuple(segments))
 
-    def matches(self, request_segments: list[str]) -> bool:
-        if len(request_segments) != len(self.segments):
-            return False
-        for want, got in zip(self.segments, request_segments, strict=True):
-            if want is None:
-                if not got:
-                    return False
-            elif want != got:
-                return False
-        return True
+    def pattern(self) -> str:
+        """The template as a regular expression over a whole request path: a literal
+        segment is itself, a ``{name}`` segment any one non-empty segment."""
+        return "".join("/" + ("[^/]+" if s is None else re.escape(s)) for s in self.segments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +86,31 @@ class Resource:
     hosts: tuple[str, ...]
     audience: str
     routes: tuple[Route, ...]
+    # Per method, one expression trying that method's routes in config order, and the
+    # routes in that order with the match a plain route always gives: made once here, so a
+    # check runs one match in C and builds nothing.
+    routes_by_method: Mapping[str, tuple[re.Pattern[str], tuple[_Candidate, ...]]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        by_method: dict[str, list[Route]] = {}
+        for route in self.routes:
+            by_method.setdefault(route.method, []).append(route)
+        compiled = {
+            method: (
+                # One group per route and none inside: the group that took part names it.
+                re.compile("|".join(f"({route.path.pattern()})" for route in routes)),
+                tuple(
+                    _Candidate(route, None, route.mcp_tools)
+                    if route.mcp_tools is not None
+                    else _Candidate(route, RouteMatch(self, route, route.permission), {})
+                    for route in routes
+                ),
+            )
+            for method, routes in by_method.items()
+        }
+        object.__setattr__(self, "routes_by_method", compiled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +122,15 @@ class RouteMatch:
     permission: str | None
     mcp_method: str | None = None
     mcp_tool: str | None = None
+
+
+class _Candidate(NamedTuple):
+    """One route as the compiled matcher holds it: an MCP route with its tools, or a plain
+    route with the one match it always gives."""
+
+    route: Route
+    plain_match: RouteMatch | None
+    mcp_tools: Mapping[str, str]
 
 
 class ResourceTable:
@@ -152,24 +181,26 @@ def match_route(resource: Resource, request: RequestAttributes) -> RouteMatch:
     Raises AccessForbidden(route_unknown / mcp_tool_unknown) or
     RequestInvalid(mcp_request_invalid).
     """
-    segments = _request_segments(request.path)
-    if segments is None:
+    if not _is_safe_path(request.path):
         raise AccessForbidden(Reason.ROUTE_UNKNOWN, f"unsafe path {request.path!r}")
     method = request.method.upper()
-    for route in resource.routes:
-        if route.method == method and route.path.matches(segments):
-            if route.mcp_tools is None:
-                return RouteMatch(resource, route, route.permission)
-            return _match_mcp(resource, route, route.mcp_tools, request)
+    compiled = resource.routes_by_method.get(method)
+    if compiled is not None:
+        pattern, routes = compiled
+        found = pattern.fullmatch(request.path)
+        if found is not None and found.lastindex is not None:
+            candidate = routes[found.lastindex - 1]
+            if candidate.plain_match is not None:
+                return candidate.plain_match
+            return _match_mcp(resource, candidate.route, candidate.mcp_tools, request)
     raise AccessForbidden(Reason.ROUTE_UNKNOWN, f"no route for {method} {request.path}")
 
 
-def _request_segments(path: str) -> list[str] | None:
+def _is_safe_path(path: str) -> bool:
     if not path.startswith("/"):
-        return None
-    segments = path[1:].split("/")
+        return False
     if "%" in path or "." in path or "\\" in path or ";" in path:
-        for segment in segments:
+        for segment in path[1:].split("/"):
             lowered = segment.lower()
             # To servers that strip ";params" first (Tomcat, Jetty) "..;x" is a dot segment
             # and ";x" an empty one: neither may stand in for a "{name}" segment.
@@ -179,8 +210,8 @@ def _request_segments(path: str) -> list[str] | None:
                 or (not name and segment)
                 or any(s in lowered for s in _SEPARATORS)
             ):
-                return None
-    return segments
+                return False
+    return True
 
 
 def _match_mcp(

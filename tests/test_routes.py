@@ -218,9 +218,45 @@ def test_bad_path_templates_are_rejected(template: str, problem: str) -> None:
 def test_path_template_marks_parameters() -> None:
     template = PathTemplate.parse("/a/{x}/b/{y}")
     assert template.segments == ("a", None, "b", None)
-    assert template.matches(["a", "1", "b", "2"])
-    assert not template.matches(["a", "1", "b"])
-    assert not template.matches(["a", "", "b", "2"])
+    pattern = re.compile(template.pattern())
+    assert pattern.fullmatch("/a/1/b/2")
+    assert not pattern.fullmatch("/a/1/b")
+    assert not pattern.fullmatch("/a//b/2")
+    assert not pattern.fullmatch("/a/1/x/b/2")
+
+
+@pytest.mark.parametrize(
+    ("path", "matches"),
+    [
+        ("/v1.0/a+b/(x)/[y]/$", True),
+        ("/v1x0/a+b/(x)/[y]/$", False),
+        ("/v1.0/aab/(x)/[y]/$", False),
+        ("/v1.0/a+b/x/[y]/$", False),
+    ],
+)
+def test_template_literals_are_literal_not_expressions(path: str, matches: bool) -> None:
+    literal = Resource(
+        "lit",
+        ("lit.test",),
+        "https://lit",
+        (Route("GET", PathTemplate.parse("/v1.0/a+b/(x)/[y]/$"), permission="lit:read"),),
+    )
+    request = RequestAttributes(method="GET", host="lit.test", path=path, headers={})
+    if matches:
+        assert match_route(literal, request).permission == "lit:read"
+    else:
+        with pytest.raises(AccessForbidden):
+            match_route(literal, request)
+
+
+def test_a_method_with_many_routes_picks_each_one() -> None:
+    routes = tuple(
+        Route("GET", PathTemplate.parse(f"/r{i}/{{id}}"), permission=f"r:{i}") for i in range(300)
+    )
+    many = Resource("many", ("many.test",), "https://many", routes)
+    for i in (0, 1, 99, 299):
+        request = RequestAttributes(method="GET", host="many.test", path=f"/r{i}/x", headers={})
+        assert match_route(many, request).permission == f"r:{i}"
 
 
 # --- MCP ---------------------------------------------------------------------------------
