@@ -15,12 +15,12 @@ import pytest
 from jwt.algorithms import get_default_algorithms
 
 from extauthz.config import Config
-from extauthz.decision import PolicyView, decide
+from extauthz.decision import PolicyView, _Trace, decide
 from extauthz.demo.issuer import LocalIssuer
 from extauthz.errors import Reason
 from extauthz.feed.cache import FeedState
 from extauthz.feed.snapshot import FeedSnapshot, UserEntry
-from extauthz.model import Decision, RequestAttributes
+from extauthz.model import Decision, Identity, RequestAttributes
 from extauthz.permissions import GrantSet
 from extauthz.tokens.cache import VerifiedTokens
 from extauthz.tokens.keys import KeySet, parse_jwks
@@ -1341,3 +1341,37 @@ def test_delegated_token_from_another_issuer_than_the_feeds_is_user_unknown(
     assert decision.reason is Reason.USER_UNKNOWN
     assert decision.identity is not None
     assert decision.identity.user == "alice"
+
+
+def test_every_step_recorded_on_the_way_reaches_its_own_field_of_the_decision() -> None:
+    # The trace turns into a Decision positionally, for speed: each field must still land
+    # under its own name.
+    trace = _Trace("resource-x", "audience-x")
+    identity = Identity(
+        "agent-x", "user-x", ("agent-x",), "client-x", "issuer-x", "jti-x", frozenset()
+    )
+    recorded: dict[str, object] = {
+        "identity": identity,
+        "issuer": "issuer-y",
+        "client_id": "client-y",
+        "jti": "jti-y",
+        "permission": "p:x",
+        "mcp_method": "tools/call",
+        "mcp_tool": "tool-x",
+        "agent_has": True,
+        "user_has": False,
+        "scope_has": None,
+        "lacking": ("user",),
+    }
+    for name, value in recorded.items():
+        setattr(trace, name, value)
+
+    decision = trace.decision(Reason.USER_LACKS_PERMISSION, "issuer-to-refetch")
+
+    assert decision._asdict() == {
+        "reason": Reason.USER_LACKS_PERMISSION,
+        "resource": "resource-x",
+        "audience": "audience-x",
+        "refetch_keys_of": "issuer-to-refetch",
+        **recorded,
+    }
