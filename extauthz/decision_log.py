@@ -15,7 +15,6 @@ is worse than a refused request. ``drop`` keeps answering instead.
 from __future__ import annotations
 
 import collections
-import functools
 import json
 import logging
 import math
@@ -120,16 +119,23 @@ def timestamp(now: float) -> str:
     ``datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")`` writes it (and
     rounds it: to the microsecond, half to even, then cut to the millisecond), with the
     date and time of day made once per second instead of once per line."""
+    global _last_second
     second = math.floor(now)
     micros = round((now - second) * 1_000_000)
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
-    return f"{_second_prefix(second)}.{micros // 1000:03d}+00:00"
+    last_second, prefix = _last_second
+    if second != last_second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        # One assignment of the pair: a reader in another thread sees the old or the new.
+        _last_second = (second, prefix)
+    return prefix + _MILLIS_SUFFIX[micros // 1000]
 
 
-@functools.lru_cache(maxsize=4)
-def _second_prefix(second: int) -> str:
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+# The second last written and its date and time of day. Lines come in time order, so one
+# entry is enough.
+_last_second: tuple[int, str] = (-1, "")
+_MILLIS_SUFFIX = tuple(f".{millis:03d}+00:00" for millis in range(1000))
 
 
 # Client-chosen text (host, path, method, request id, MCP method) is cut so that one request
