@@ -49,6 +49,11 @@ class Runtime:
     def __init__(self, config: Config, key_sets: Mapping[str, KeySet]) -> None:
         self.policy = Policy(config, dict(key_sets))
         self.feed = FeedCache(revocation_leeway=config.tokens.leeway)
+        policy = self.policy
+        self._view = (
+            policy,
+            PolicyView(config, policy.key_sets, self.feed.state, policy.verified_tokens),
+        )
 
     @property
     def config(self) -> Config:
@@ -59,8 +64,14 @@ class Runtime:
         return self.policy.key_sets
 
     def view(self) -> PolicyView:
-        policy = self.policy
-        return PolicyView(policy.config, policy.key_sets, self.feed.state, policy.verified_tokens)
+        # The same view until the policy or the feed state is replaced: it is immutable, so
+        # checks share it instead of each building one.
+        policy, state = self.policy, self.feed.state
+        view_policy, view = self._view
+        if view_policy is not policy or view.feed is not state:
+            view = PolicyView(policy.config, policy.key_sets, state, policy.verified_tokens)
+            self._view = (policy, view)
+        return view
 
     def publish_keys(self, key_set: KeySet) -> None:
         """Make ``key_set`` the keys of its issuer."""

@@ -555,3 +555,29 @@ def test_decision_ids_are_unique_hex_and_differ_between_handlers(
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     # Another process (here: another handler) has another random prefix.
     assert ids[0][:16] != ids[50][:16]
+
+
+def test_a_check_reads_the_feed_and_keys_in_force_when_it_starts(
+    harness: Harness, issuer: LocalIssuer
+) -> None:
+    # Checks share one view of the policy and feed while neither changes; a new feed
+    # snapshot or new keys must reach the very next check.
+    runtime = harness.runtime
+    assert runtime.view() is runtime.view()
+    before = runtime.view()
+    snapshot = parse_feed((DEPLOY / "feed" / "users.json").read_bytes(), "users.json")
+    runtime.feed.accept(snapshot, time.time())
+    after_feed = runtime.view()
+    assert after_feed is not before
+    assert after_feed.feed is runtime.feed.state
+    key_set = runtime.key_sets[next(iter(runtime.key_sets))]
+    token = delegated_token(issuer)
+    allowed = harness.check(check_request(headers=bearer(token)))
+    assert allowed.status.code == code_pb2.OK
+    runtime.publish_keys(KeySet(key_set.issuer, {}))
+    after_keys = runtime.view()
+    assert after_keys.feed is after_feed.feed
+    assert after_keys.key_sets[key_set.issuer].keys == {}
+    # With its issuer's keys gone, the token that verified a moment ago no longer does.
+    denied = harness.check(check_request(headers=bearer(token)))
+    assert denied.status.code != code_pb2.OK
