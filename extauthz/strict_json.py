@@ -71,10 +71,13 @@ def decode_utf8(raw: bytes) -> str:
 def loads_strict(raw: bytes, *, fold_names: bool = True) -> Any:
     """Parse a JSON document. Raises ValueError for bad encoding, invalid JSON or colliding
     member names, and RecursionError for absurd nesting."""
-    hook: Callable[[list[tuple[str, Any]]], dict[str, Any]] = (
-        _unique_folded if fold_names else _unique
-    )
-    return json.loads(decode_utf8(raw), object_pairs_hook=hook)
+    decoder = _FOLDED_DECODER if fold_names else _UNIQUE_DECODER
+    return decoder.decode(decode_utf8(raw))
+
+
+# Made once: json.loads with a hook builds a new decoder on every call.
+_FOLDED_DECODER = json.JSONDecoder(object_pairs_hook=_unique_folded)
+_UNIQUE_DECODER = json.JSONDecoder(object_pairs_hook=_unique)
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
