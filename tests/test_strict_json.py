@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extauthz.strict_json import ObjectReader, loads_strict
+from extauthz.strict_json import ObjectReader, decode_utf8, loads_strict
 
 
 def read_all(text: str) -> dict[str, Any]:
@@ -80,3 +81,41 @@ def test_reader_refuses_a_document_that_is_not_an_object() -> None:
 def test_empty_object_and_surrounding_whitespace_are_fine() -> None:
     assert read_all(" \n{ }\n ") == {}
     assert read_all('\t{"a" :\n[1,2] , "b":{}}\r\n') == {"a": [1, 2], "b": {}}
+
+
+_JSONISH = [
+    "{", "}", "[", "]", '"a"', '"', ":", ",", "1", "0", "-", ".", "e", "+", " ", "\t", "\x00",
+    "\x1f", "\x7f", "true", "null", "fals", "\\", "u", "\\u00", '"\\ud83d\\ude00"', "\\ud800",
+    "é", "NaN", "Infinity", "01", "1e400", "9" * 25, "18446744073709551616", "-9223372036854775809",
+]  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.sampled_from(_JSONISH), max_size=10).map(lambda parts: "".join(parts).encode())
+    | st.binary(max_size=12)
+)
+def test_the_unsigned_token_parse_accepts_only_what_the_strict_parser_reads_the_same(
+    raw: bytes,
+) -> None:
+    # Token parts are first read with orjson (fast, before the signature is checked), and
+    # only after it with the strict parser: orjson must not take a document the standard
+    # parser refuses, nor read one differently.
+    try:
+        fast = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    standard = json.loads(decode_utf8(raw))
+    assert repr(fast) == repr(_big_integers_as_floats(standard))
+
+
+def _big_integers_as_floats(value: Any) -> Any:
+    # Outside 64 bits (signed below, unsigned above) orjson reads an integer as a float;
+    # a time claim is a float to us either way.
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return float(value)
+    if isinstance(value, list):
+        return [_big_integers_as_floats(item) for item in value]
+    if isinstance(value, dict):
+        return {name: _big_integers_as_floats(item) for name, item in value.items()}
+    return value

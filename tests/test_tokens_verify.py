@@ -705,6 +705,33 @@ def test_denies_a_validly_signed_token_with_duplicate_member_names(
     assert verifier.reason(token) is Reason.TOKEN_MALFORMED
 
 
+@pytest.mark.parametrize(
+    "member",
+    [
+        pytest.param('"note": NaN', id="nan"),
+        pytest.param('"note": Infinity', id="infinity"),
+        pytest.param('"note": 1e400', id="number_beyond_double"),
+        pytest.param('"note": "\\ud800"', id="lone_surrogate_escape"),
+    ],
+)
+def test_denies_a_validly_signed_token_whose_json_is_not_interoperable(
+    verifier: Verifier, signing_keys: dict[str, Any], member: str
+) -> None:
+    # Not JSON (RFC 8259 has no NaN), or JSON that parsers read differently (RFC 7493 §2.1,
+    # §2.2): refused, even in a claim nothing here reads.
+    token = _signed_raw(signing_keys, HEAD_JSON, BODY_JSON[:-1] + f", {member}}}")
+
+    assert verifier.reason(token) is Reason.TOKEN_MALFORMED
+
+
+def test_a_validly_signed_token_with_a_huge_integer_claim_is_fine(
+    verifier: Verifier, signing_keys: dict[str, Any]
+) -> None:
+    token = _signed_raw(signing_keys, HEAD_JSON, BODY_JSON[:-1] + ', "note": 1' + "0" * 40 + "}")
+
+    assert verifier.reason(token) is Reason.ALLOWED
+
+
 def _token_of_length(mint: Mint, length: int) -> str:
     """A validly signed Ed25519 token close to ``length`` characters (never longer)."""
     base = len(mint("ed25519-1", pad=""))
