@@ -26,7 +26,12 @@ from extauthz.routes import McpToolUnknown, RouteMatch, match_route
 from extauthz.tokens.cache import VerifiedToken, VerifiedTokens
 from extauthz.tokens.identity import identity_from_claims
 from extauthz.tokens.keys import KeySet
-from extauthz.tokens.verify import bearer_token, validate_claims, verify_signature
+from extauthz.tokens.verify import (
+    bearer_token,
+    validate_claim_times,
+    validate_claims,
+    verify_signature,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +120,13 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
                 cache.put(token, verified)
         signed = verified.signed
         trace.issuer, trace.client_id, trace.jti = signed.issuer, verified.client_id, verified.jti
-        validate_claims(signed.claims, config.tokens, trace.audience, now)
+        times = verified.claim_times
+        if times is not None and times.audience == trace.audience:
+            validate_claim_times(times, config.tokens, now)
+        else:
+            verified.claim_times = validate_claims(
+                signed.claims, config.tokens, trace.audience, now
+            )
         _check_not_revoked(trace.jti, signed.issuer, view.feed, config)
         identity = verified.identity
         if identity is None:  # claims alone decide it: established once per token

@@ -754,6 +754,19 @@ def test_a_cached_token_is_still_refused_once_it_expires(view: View, mint: Mint)
     assert decide(bearer(token), expired, later).reason is Reason.TOKEN_EXPIRED
 
 
+def test_a_cached_token_is_still_checked_for_the_audience_of_each_resource(
+    view: View, mint: Mint
+) -> None:
+    # What a hit remembers of the claims holds for the audience they passed for only.
+    cache = VerifiedTokens()
+    token = mint()  # for the tickets resource
+    cached = dataclasses.replace(view(), verified_tokens=cache)
+    assert decide(bearer(token), cached, NOW).reason is Reason.ALLOWED
+    other = bearer(token, host=MCP, method="POST", path="/mcp")
+    assert decide(other, cached, NOW).reason is Reason.TOKEN_WRONG_AUDIENCE
+    assert decide(bearer(token), cached, NOW).reason is Reason.ALLOWED
+
+
 def test_a_cached_token_is_still_refused_once_the_feed_revokes_it(view: View, mint: Mint) -> None:
     cache = VerifiedTokens()
     token = mint(jti="later-revoked")

@@ -23,9 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jwt.algorithms import get_default_algorithms
 
-from extauthz.config import Config
+from extauthz.config import Config, TokenPolicy
 from extauthz.demo.issuer import LocalIssuer, public_jwk
 from extauthz.errors import ConfigError, Denied, Reason, ServiceUnavailable, TokenRejected
 from extauthz.tokens.keys import KeySet, parse_jwks
@@ -34,6 +36,7 @@ from extauthz.tokens.verify import (
     SignedToken,
     _b64decode,
     bearer_token,
+    validate_claim_times,
     validate_claims,
     verify_signature,
 )
@@ -1232,3 +1235,45 @@ def test_every_spelling_of_a_part_but_the_canonical_one_is_malformed(length: int
         with pytest.raises(TokenRejected) as refused:
             _b64decode(spelling, "payload")
         assert refused.value.reason is Reason.TOKEN_MALFORMED
+
+
+def _claims_reason(check: Callable[[], object]) -> Reason:
+    try:
+        check()
+    except TokenRejected as rejected:
+        return rejected.reason
+    return Reason.ALLOWED
+
+
+_time_claim = st.one_of(
+    st.integers(NOW - 7200, NOW + 7200),
+    st.floats(NOW - 7200, NOW + 7200),
+    st.sampled_from(["soon", True, None, 1e400]),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    exp=_time_claim,
+    iat=_time_claim,
+    nbf=st.none() | _time_claim,
+    audience=st.sampled_from([AUD, "https://other.example.test", None]),
+    first=st.integers(NOW - 7200, NOW + 7200),
+    later=st.integers(NOW - 7200, NOW + 7200),
+)
+def test_a_token_that_passed_its_claims_is_checked_again_with_the_same_reasons(
+    exp: object, iat: object, nbf: object, audience: str | None, first: int, later: int
+) -> None:
+    # A verified token remembers its times once its claims passed, and later requests
+    # check only those: at any later time they must say what the full check says.
+    claims: dict[str, object] = {"sub": "alice", "aud": AUD, "exp": exp, "iat": iat}
+    if nbf is not None:
+        claims["nbf"] = nbf
+    policy = TokenPolicy()
+    try:
+        times = validate_claims(claims, policy, audience, first)
+    except TokenRejected:
+        return  # nothing is remembered of a token whose claims failed
+    assert _claims_reason(lambda: validate_claim_times(times, policy, later)) == _claims_reason(
+        lambda: validate_claims(claims, policy, audience, later)
+    )

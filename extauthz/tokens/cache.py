@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from extauthz.model import Identity
 from extauthz.permissions import GrantSet
-from extauthz.tokens.verify import SignedToken
+from extauthz.tokens.verify import ClaimTimes, SignedToken
 
 DEFAULT_MAX_ENTRIES = 10_000
 
@@ -23,13 +23,15 @@ DEFAULT_MAX_ENTRIES = 10_000
 @dataclass(slots=True)
 class VerifiedToken:
     """A token whose signature verified, and what follows from its claims alone: who it
-    names and the scope it grants, filled in once the first request established them."""
+    names, the scope it grants and its times once its claims passed, filled in by the
+    first request that established them."""
 
     signed: SignedToken
     client_id: str | None
     jti: str | None
     identity: Identity | None = None
     scope_grants: GrantSet | None = None
+    claim_times: ClaimTimes | None = None
 
 
 class VerifiedTokens:
