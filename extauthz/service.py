@@ -261,13 +261,15 @@ class AuthorizationServicer:
 
     def __init__(self, handler: CheckHandler) -> None:
         self.handler = handler
+        # Read once: like the rest of server.*, it takes effect on restart.
+        self.min_time_left = handler.runtime.config.server.min_time_left
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
         # Past saturation checks queue up; one that arrives with almost none of its
         # deadline left is answered at once instead of decided too late for anyone.
-        min_time_left = self.handler.runtime.config.server.min_time_left
+        min_time_left = self.min_time_left
         if min_time_left > 0:
             remaining = context.time_remaining()
             if remaining is not None and remaining < min_time_left:
