@@ -148,8 +148,9 @@ def _bounded(text: str) -> str:
 
 
 class DecisionSink(Protocol):
-    def write(self, record: dict[str, Any]) -> None:
-        """Record one decision line. Raises OSError or ValueError when it cannot be kept."""
+    def write_line(self, line: str) -> None:
+        """Record one encoded decision line. Raises OSError or ValueError when it cannot be
+        kept."""
         ...
 
 
@@ -160,7 +161,10 @@ class DecisionLog:
         self._stream = stream
 
     def write(self, record: dict[str, Any]) -> None:
-        self._stream.write(encode_line(record))
+        self.write_line(encode_line(record))
+
+    def write_line(self, line: str) -> None:
+        self._stream.write(line)
         # Flushed per line: a collector must see each decision within a second, and a
         # crash must not take buffered audit lines with it.
         self._stream.flush()
@@ -178,6 +182,120 @@ def encode_line(record: dict[str, Any]) -> str:
     if encoded and encoded.isascii():
         return encoded.decode("ascii")
     return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+# The members that differ from one check to the next, in the order the line has them.
+_PER_CHECK = ("ts", "decision_id", "feed_age_s", "request_id", "latency_us")
+
+
+class DecisionLines:
+    """Writes exactly the line ``encode_line(decision_record(...))`` writes, from parts kept
+    per distinct decision: a token that comes back makes the same decision, for the same
+    route, over and over, and of its line only ``_PER_CHECK`` changes. Parts are kept only
+    where every byte is ASCII; anything else takes the reference way. Bounded: when full,
+    it starts over. Used by the event loop's thread only."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._parts: dict[tuple[Any, ...], tuple[bytes, ...]] = {}
+
+    def encode(
+        self,
+        *,
+        now: float,
+        decision_id: str,
+        decision: Decision,
+        request: RequestAttributes,
+        mode: str,
+        status: int,
+        would_status: int | None,
+        feed_version: str | None,
+        feed_age_s: float | None,
+        policy_version: str,
+        latency_us: int,
+    ) -> str:
+        # Everything the line holds but its per-check members (the request's fields as
+        # they came: the line's cut form follows from them).
+        key = (
+            decision,
+            request.method,
+            request.host,
+            request.path,
+            request.source,
+            mode,
+            status,
+            would_status,
+            feed_version,
+            policy_version,
+        )
+        parts = self._parts.get(key)
+        if parts is not None:
+            try:
+                line = b"".join(
+                    (
+                        parts[0],
+                        b'"' + timestamp(now).encode("ascii") + b'"',
+                        parts[1],
+                        orjson.dumps(decision_id),
+                        parts[2],
+                        b"null" if feed_age_s is None else orjson.dumps(round(feed_age_s, 3)),
+                        parts[3],
+                        orjson.dumps(_bounded(request.request_id)),
+                        parts[4],
+                        b"%d" % latency_us,
+                        parts[5],
+                    )
+                )
+            except orjson.JSONEncodeError:
+                line = b""
+            if line.isascii() and line:
+                return line.decode("ascii")
+        record = decision_record(
+            now=now,
+            decision_id=decision_id,
+            decision=decision,
+            request=request,
+            mode=mode,
+            status=status,
+            would_status=would_status,
+            feed_version=feed_version,
+            feed_age_s=feed_age_s,
+            policy_version=policy_version,
+            latency_us=latency_us,
+        )
+        if parts is None:
+            made = _line_parts(record)
+            if made is not None:
+                if len(self._parts) >= self.max_entries:
+                    self._parts.clear()
+                self._parts[key] = made
+        return encode_line(record)
+
+
+def _line_parts(record: dict[str, Any]) -> tuple[bytes, ...] | None:
+    """The record's line cut around its ``_PER_CHECK`` members: the text before each of
+    their values (its name included) and the text after the last. None unless all ASCII."""
+    parts: list[bytes] = []
+    members: list[bytes] = []
+    per_check: list[str] = []
+    try:
+        for name, value in record.items():
+            if name in _PER_CHECK:
+                per_check.append(name)
+                opening = b"{" if not parts else b","
+                parts.append(
+                    opening + b"".join(m + b"," for m in members) + b'"%s":' % name.encode()
+                )
+                members = []
+            else:
+                # A member as orjson writes it inside the whole object: {"name":value}.
+                members.append(orjson.dumps({name: value})[1:-1])
+    except orjson.JSONEncodeError:
+        return None
+    parts.append(b"".join(b"," + m for m in members) + b"}\n")
+    if tuple(per_check) != _PER_CHECK or not all(part.isascii() for part in parts):
+        return None
+    return tuple(parts)
 
 
 WhenFull = Literal["deny", "drop"]
@@ -228,6 +346,9 @@ class BackgroundDecisionLog:
         return self._queued - self._done
 
     def write(self, record: dict[str, Any]) -> None:
+        self.write_line(encode_line(record))
+
+    def write_line(self, line: str) -> None:
         """Queue one line. Raises DecisionLogFull when the line cannot be kept and
         ``when_full`` is deny; with drop, the line is counted and the call returns."""
         if self.pending >= self.max_pending or (self._failing and not self._probe_due()):
@@ -236,7 +357,7 @@ class BackgroundDecisionLog:
                 raise DecisionLogFull("decision log writer is behind or failing")
             return
         self._queued += 1
-        self._lines.append(encode_line(record))
+        self._lines.append(line)
 
     def _probe_due(self) -> bool:
         """While writes fail, one line a second still goes to the writer: the one that

@@ -12,14 +12,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 
 from extauthz.config import Config
 from extauthz.decision import PolicyView, decide
-from extauthz.decision_log import DecisionLogFull, DecisionSink, decision_record
+from extauthz.decision_log import DecisionLines, DecisionLogFull, DecisionSink
 from extauthz.envoy import encode_check_response, request_from_check, status_of
 from extauthz.errors import Reason
 from extauthz.feed.cache import FeedCache
@@ -128,6 +127,7 @@ class CheckHandler:
         # join records, they are not secrets.
         self._id_prefix = os.urandom(8).hex()
         self._id_counter = itertools.count(1)
+        self._lines = DecisionLines()
 
     def check(self, check: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
         """Decide and answer one check from the keys at hand, read back from the wire form
@@ -201,11 +201,11 @@ class CheckHandler:
             decision, decision_id, view.config.response, enforce=enforce
         )
         elapsed = time.perf_counter() - pending.started
-        record = self._record(
+        line = self._line(
             decision, decision_id, pending.request, view, pending.now, elapsed, enforce
         )
         try:
-            self.decision_log.write(record)
+            self.decision_log.write_line(line)
         except DecisionLogFull:
             # Reported by the log itself, once per episode, not once per request.
             decision = Decision(Reason.DECISION_LOG_UNAVAILABLE)
@@ -222,7 +222,7 @@ class CheckHandler:
         self.metrics.observe_check(decision.reason, elapsed)
         return response
 
-    def _record(
+    def _line(
         self,
         decision: Decision,
         decision_id: str,
@@ -231,10 +231,10 @@ class CheckHandler:
         now: float,
         elapsed: float,
         enforce: bool,
-    ) -> dict[str, Any]:
+    ) -> str:
         status = status_of(decision)
         feed = view.feed
-        return decision_record(
+        return self._lines.encode(
             now=now,
             decision_id=decision_id,
             decision=decision,

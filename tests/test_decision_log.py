@@ -17,10 +17,13 @@ from hypothesis import strategies as st
 
 from extauthz.decision_log import (
     FIELDS,
+    MAX_FIELD_CHARS,
     BackgroundDecisionLog,
+    DecisionLines,
     DecisionLog,
     DecisionLogFull,
     decision_record,
+    encode_line,
     timestamp,
 )
 from extauthz.errors import Reason
@@ -442,3 +445,132 @@ def test_the_line_timestamp_is_what_datetime_writes(now: float) -> None:
     # at a second's edge (where rounding to the microsecond carries into the next) least.
     expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
     assert timestamp(now) == expected
+
+
+# --- lines from prepared parts (DecisionLines) ----------------------------------------------
+
+# Mostly ASCII, as real lines are (only all-ASCII lines are made from parts), with the
+# texts that must take the reference way or be cut now and then: often enough that a line
+# made from parts meets them in its per-check members too.
+_ascii_texts = st.text(st.sampled_from('ab-_:/."\\\n\x00 '), max_size=6)
+_odd_texts = st.sampled_from(
+    ["é", "\ud800", "a\ud800b", "x" * (MAX_FIELD_CHARS + 3), "y" * MAX_FIELD_CHARS]
+)
+_texts = st.one_of(*[_ascii_texts] * 9, _odd_texts)
+_per_check_texts = _ascii_texts | _odd_texts
+_maybe_texts = st.none() | _texts
+_maybe_bools = st.sampled_from([None, True, False])
+_identities = st.none() | st.builds(
+    Identity,
+    agent=_texts,
+    user=_maybe_texts,
+    actor_chain=st.lists(_texts, max_size=3).map(tuple),
+    client_id=_maybe_texts,
+    issuer=_texts,
+    jti=_maybe_texts,
+    scopes=st.frozensets(_texts, max_size=2),
+)
+_decisions = st.builds(
+    Decision,
+    reason=st.sampled_from(list(Reason)),
+    identity=_identities,
+    issuer=_maybe_texts,
+    client_id=_maybe_texts,
+    jti=_maybe_texts,
+    resource=_maybe_texts,
+    audience=_maybe_texts,
+    permission=_maybe_texts,
+    mcp_method=_maybe_texts,
+    mcp_tool=_maybe_texts,
+    agent_has=_maybe_bools,
+    user_has=_maybe_bools,
+    scope_has=_maybe_bools,
+)
+_requests = st.builds(
+    RequestAttributes,
+    method=_texts,
+    host=_texts,
+    path=_texts,
+    headers=st.just({}),
+    request_id=_texts,
+    source=_texts,
+)
+_per_check = st.fixed_dictionaries(
+    {
+        "now": st.floats(946_684_800, 4_102_444_800),
+        "decision_id": _per_check_texts | st.just("0123456789abcdef" * 2),
+        "feed_age_s": st.none() | st.floats(0, 1e9),
+        "request_id": _per_check_texts,
+        "latency_us": st.integers(0, 10**9),
+    }
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    decision=_decisions,
+    request=_requests,
+    mode=st.sampled_from(["enforce", "dry_run"]),
+    status=st.sampled_from([200, 401, 403, 503]),
+    would_status=st.none() | st.sampled_from([200, 403]),
+    feed_version=_maybe_texts,
+    policy_version=_texts,
+    checks=st.lists(_per_check, min_size=2, max_size=5),
+)
+def test_lines_from_prepared_parts_are_the_reference_lines_byte_for_byte(
+    decision: Decision,
+    request: RequestAttributes,
+    mode: str,
+    status: int,
+    would_status: int | None,
+    feed_version: str | None,
+    policy_version: str,
+    checks: list[dict[str, Any]],
+) -> None:
+    # The same decision over several checks: the first makes the parts, the others use
+    # them, each with its own time, id, feed age, request id and latency.
+    lines = DecisionLines()
+    for check in checks:
+        arguments: dict[str, Any] = {
+            "now": check["now"],
+            "decision_id": check["decision_id"],
+            "decision": decision,
+            "request": request._replace(request_id=check["request_id"]),
+            "mode": mode,
+            "status": status,
+            "would_status": would_status,
+            "feed_version": feed_version,
+            "feed_age_s": check["feed_age_s"],
+            "policy_version": policy_version,
+            "latency_us": check["latency_us"],
+        }
+        assert lines.encode(**arguments) == encode_line(decision_record(**arguments))
+
+
+def test_prepared_parts_are_kept_per_decision_and_bounded() -> None:
+    lines = DecisionLines(max_entries=2)
+    arguments: dict[str, Any] = {
+        "now": 1_767_225_600.1234,
+        "decision_id": "d" * 32,
+        "decision": ALLOWED,
+        "request": REQUEST,
+        "mode": "enforce",
+        "status": 200,
+        "would_status": None,
+        "feed_version": "42",
+        "feed_age_s": 12.345678,
+        "policy_version": "abcdef012345",
+        "latency_us": 87,
+    }
+    for path in ("/tickets/1", "/tickets/1", "/tickets/2", "/tickets/3", "/tickets/3"):
+        for latency_us in (87, 12345):
+            changed = {
+                **arguments,
+                "request": REQUEST._replace(path=path),
+                "latency_us": latency_us,
+            }
+            line = lines.encode(**changed)
+            assert json.loads(line)["path"] == path
+            assert json.loads(line)["latency_us"] == latency_us
+            assert line == encode_line(decision_record(**changed))
+        assert 1 <= len(lines._parts) <= 2
