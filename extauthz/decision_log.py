@@ -184,6 +184,8 @@ def encode_line(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
+_SEEN_ONCE = object()
+_NOT_MADE = object()
 # The members that differ from one check to the next, in the order the line has them.
 _PER_CHECK = ("ts", "decision_id", "feed_age_s", "request_id", "latency_us")
 
@@ -197,7 +199,8 @@ class DecisionLines:
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._parts: dict[tuple[Any, ...], tuple[bytes, ...]] = {}
+        # Per decision: its parts, or _SEEN_ONCE, or _NOT_MADE (a line not all ASCII).
+        self._parts: dict[tuple[Any, ...], tuple[bytes, ...] | object] = {}
 
     def encode(
         self,
@@ -229,7 +232,7 @@ class DecisionLines:
             policy_version,
         )
         parts = self._parts.get(key)
-        if parts is not None:
+        if isinstance(parts, tuple):
             try:
                 line = b"".join(
                     (
@@ -264,11 +267,13 @@ class DecisionLines:
             latency_us=latency_us,
         )
         if parts is None:
-            made = _line_parts(record)
-            if made is not None:
-                if len(self._parts) >= self.max_entries:
-                    self._parts.clear()
-                self._parts[key] = made
+            # Made the second time a decision comes: one seen only once (a token used
+            # for a single request) costs a dict entry, not the cutting up of its line.
+            if len(self._parts) >= self.max_entries:
+                self._parts.clear()
+            self._parts[key] = _SEEN_ONCE
+        elif parts is _SEEN_ONCE:
+            self._parts[key] = _line_parts(record) or _NOT_MADE
         return encode_line(record)
 
 
