@@ -71,6 +71,8 @@ class Case:
     # What a request without a token gets: proof the authorization is in the path.
     no_token_status: int
     workers: int = 1  # extauthz serve --workers
+    # Another checkout to run extauthz from (--baseline), instead of this one.
+    tree: Path | None = None
 
 
 CASES = (
@@ -83,6 +85,8 @@ CASES = (
 # Not run unless named in --cases: extauthz with two worker processes on one port.
 EXTRA_CASES = (Case("extauthz-w2", "ext_authz", "extauthz", 401, workers=2),)
 CASE_OF_NAME = {c.name: c for c in CASES + EXTRA_CASES}
+# With --baseline DIR: extauthz from that checkout (an earlier commit, say), side by side.
+BASELINE_CASE = "extauthz@base"
 
 
 class BenchError(RuntimeError):
@@ -96,7 +100,15 @@ class Proc:
     """A child in its own session (a Ctrl-C here reaches it only through ``stop``),
     stopped by its PID: SIGTERM, then SIGKILL after a grace period."""
 
-    def __init__(self, name: str, argv: list[str], logdir: Path, *, stdout: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        logdir: Path,
+        *,
+        stdout: Any,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = argv
         self.stderr_path = logdir / f"{name}.stderr"
@@ -108,6 +120,7 @@ class Proc:
                 stderr=err,
                 cwd=logdir,
                 start_new_session=True,
+                env=env,
             )
         self.pid = self.popen.pid
 
@@ -357,7 +370,12 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.envoy_binary = Path(args.envoy) if args.envoy else find_envoy()
-        self.cases = [CASE_OF_NAME[n] for n in args.cases]
+        self.cases = [
+            Case(BASELINE_CASE, "ext_authz", "extauthz", 401, tree=args.baseline)
+            if n == BASELINE_CASE
+            else CASE_OF_NAME[n]
+            for n in args.cases
+        ]
         self.issuer = LocalIssuer(ISSUER)
         self.policy = workdir / "policy"
         self.procs: list[Proc] = []
@@ -473,7 +491,11 @@ class Bench:
                 argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config)]
                 if run.case.workers > 1:
                     argv += ["--workers", str(run.case.workers)]
-            proc = Proc(name, argv, self.workdir, stdout=subprocess.PIPE)
+            env = None
+            if run.case.tree is not None:
+                # Its own package first on the path: `-m extauthz` is that checkout's.
+                env = {**os.environ, "PYTHONPATH": str(run.case.tree)}
+            proc = Proc(name, argv, self.workdir, stdout=subprocess.PIPE, env=env)
             assert proc.popen.stdout is not None
             run.decision_log = LineCounter(proc.popen.stdout)
             run.authorizer = proc
@@ -763,6 +785,21 @@ def ratios(results: list[Run]) -> list[dict[str, Any]]:
     ]
     out = []
     for mode in MODES:
+        # Not a goal: this checkout against the --baseline one, when there is one.
+        against_base = per_round(mode, cpu, "extauthz", BASELINE_CASE)
+        if against_base:
+            out.append(
+                {
+                    "ratio": f"CPU/Check extauthz ÷ {BASELINE_CASE}",
+                    "mode": mode,
+                    "value": statistics.median(against_base),
+                    "min": min(against_base),
+                    "max": max(against_base),
+                    "goal": "-",
+                    "met": None,
+                    "unit": "x",
+                }
+            )
         for name, a, b, fn, unit, goal, at_least in goals:
             values = per_round(mode, fn, a, b)
             if not values:
@@ -790,7 +827,7 @@ def print_ratios(rows: list[dict[str, Any]]) -> None:
         print(
             f"{row['ratio']:<36} {row['mode']:<8} {row['value']:7.2f}{unit:<3} "
             f"(rounds {row['min']:.2f}-{row['max']:.2f})   goal {row['goal']:<9} "
-            f"{'met' if row['met'] else 'NOT MET'}"
+            f"{'' if row['met'] is None else 'met' if row['met'] else 'NOT MET'}"
         )
 
 
@@ -828,7 +865,7 @@ def git_commit() -> str:
 
 
 def expected_seconds(args: argparse.Namespace) -> float:
-    authorizers = sum(1 for n in args.cases if CASE_OF_NAME[n].authorizer)
+    authorizers = sum(1 for n in args.cases if n == BASELINE_CASE or CASE_OF_NAME[n].authorizer)
     setup = 10 + args.tokens * 0.00035
     per_round = 3 + (authorizers + 1) * 1.5 + authorizers * 1.2
     per_run = args.unloaded_seconds + args.seconds + 0.6
@@ -858,6 +895,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         + ",".join(c.name for c in CASES + EXTRA_CASES)
         + " (extauthz-w2: extauthz serve --workers 2; not run by default)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help=f"also run extauthz from the checkout DIR as case {BASELINE_CASE} (e.g. "
+        "`git worktree add DIR <commit>`), for a before/after in one run",
+    )
     parser.add_argument("--envoy", help="Envoy binary (default: $EXTAUTHZ_ENVOY, .tools/bin)")
     parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write results as JSON")
@@ -869,7 +913,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="only write each case's Envoy config (and the upstream's) into DIR, then exit",
     )
     args = parser.parse_args(argv)
-    unknown = [c for c in args.cases if c not in CASE_OF_NAME]
+    if args.baseline is not None:
+        if not (args.baseline / "extauthz" / "__init__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no extauthz package there")
+        args.baseline = args.baseline.resolve()
+        if BASELINE_CASE not in args.cases:
+            args.cases.append(BASELINE_CASE)
+    elif BASELINE_CASE in args.cases:
+        parser.error(f"case {BASELINE_CASE} needs --baseline DIR")
+    unknown = [c for c in args.cases if c not in CASE_OF_NAME and c != BASELINE_CASE]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {[c.name for c in CASES]}")
     if min(args.seconds, args.rounds, args.unloaded_seconds, args.connections) < 1:

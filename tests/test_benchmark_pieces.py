@@ -161,3 +161,22 @@ def test_every_case_config_passes_envoy_validate(tmp_path: Path) -> None:
             check=False,
         )
         assert result.returncode == 0, f"{path.name}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (["--baseline", "/nonexistent/checkout"], "no extauthz package there"),
+        (["--cases", "donothing,extauthz@base"], "needs --baseline DIR"),
+    ],
+)
+def test_the_baseline_case_needs_a_checkout_to_run_from(arguments: list[str], problem: str) -> None:
+    refused = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_envoy.py"), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert problem in refused.stderr
