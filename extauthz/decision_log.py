@@ -314,8 +314,10 @@ class DecisionLogFull(OSError):
 # Lines written per write() call at most, so one batch stays a few megabytes.
 _BATCH_LINES = 4096
 _PROBE_INTERVAL = 1.0
-# How long a line waits for the writer at most (plus the write itself).
-_WRITE_INTERVAL = 0.005
+# How long a line waits for the writer at most (plus the write itself). Each wake-up takes
+# the GIL from a busy event loop, which costs both threads far more under load than the
+# write: at 5 ms the writer cost 15-18 µs of CPU per check at 2,500 checks/s, at 50 ms 3 µs.
+_WRITE_INTERVAL = 0.05
 
 
 class BackgroundDecisionLog:
