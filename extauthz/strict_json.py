@@ -71,16 +71,33 @@ def decode_utf8(raw: bytes) -> str:
 def loads_strict(raw: bytes, *, fold_names: bool = True) -> Any:
     """Parse a JSON document. Raises ValueError for bad encoding, invalid JSON or colliding
     member names, and RecursionError for absurd nesting."""
-    decoder = _FOLDED_DECODER if fold_names else _UNIQUE_DECODER
-    return decoder.decode(decode_utf8(raw))
+    text = decode_utf8(raw)
+    scan = _FOLDED_SCAN if fold_names else _UNIQUE_SCAN
+    # What JSONDecoder.decode does, without its two Python-level calls: whitespace, one
+    # value, whitespace, and nothing after.
+    try:
+        value, end = scan(text, _after_whitespace(text, 0))
+    except StopIteration as err:
+        raise ValueError(f"expected a value at position {err.value}") from None
+    if _after_whitespace(text, end) != len(text):
+        raise ValueError(f"extra data at position {end}")
+    return value
 
 
-# Made once: json.loads with a hook builds a new decoder on every call.
-_FOLDED_DECODER = json.JSONDecoder(object_pairs_hook=_unique_folded)
-_UNIQUE_DECODER = json.JSONDecoder(object_pairs_hook=_unique)
+def _after_whitespace(text: str, pos: int) -> int:
+    match = _WHITESPACE.match(text, pos)
+    return match.end() if match else pos
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+# Made once (json.loads with a hook builds a decoder per call); their C scanners are called
+# directly.
+_FOLDED_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(
+    object_pairs_hook=_unique_folded
+).scan_once  # type: ignore[attr-defined]
+_UNIQUE_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(
+    object_pairs_hook=_unique
+).scan_once  # type: ignore[attr-defined]
 _SEPARATOR = re.compile(r"[ \t\n\r]*([,}])[ \t\n\r]*")
 # A member name without escapes or control characters, then the colon.
 _SIMPLE_NAME = re.compile(r'"([^"\\\x00-\x1f]*)"[ \t\n\r]*:[ \t\n\r]*')

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extauthz.strict_json import ObjectReader, decode_utf8, loads_strict
+from extauthz.strict_json import (
+    ObjectReader,
+    _unique,
+    _unique_folded,
+    decode_utf8,
+    loads_strict,
+)
 
 
 def read_all(text: str) -> dict[str, Any]:
@@ -119,3 +125,31 @@ def _big_integers_as_floats(value: Any) -> Any:
     if isinstance(value, dict):
         return {name: _big_integers_as_floats(item) for name, item in value.items()}
     return value
+
+
+def _reference_strict(raw: bytes, fold_names: bool) -> Any:
+    # The plain way: json.loads with the hook, which builds a decoder per call.
+    hook = _unique_folded if fold_names else _unique
+    return json.loads(decode_utf8(raw), object_pairs_hook=hook)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.sampled_from([*_JSONISH, '"A"', "\u200b", '"a"']), max_size=10).map(
+        lambda parts: "".join(parts).encode()
+    )
+    | st.binary(max_size=12),
+    st.booleans(),
+)
+def test_the_strict_parser_reads_and_refuses_as_json_loads_with_its_hook(
+    raw: bytes, fold_names: bool
+) -> None:
+    try:
+        expected: Any = ("value", _reference_strict(raw, fold_names))
+    except (ValueError, RecursionError) as err:
+        expected = ("refused", type(err) is RecursionError)
+    try:
+        got: Any = ("value", loads_strict(raw, fold_names=fold_names))
+    except (ValueError, RecursionError) as err:
+        got = ("refused", type(err) is RecursionError)
+    assert repr(got) == repr(expected)
