@@ -151,7 +151,7 @@ def encode_check_response(
     written from prepared bytes without building a message; anything else is built as a
     message and serialized. Both parse to the same CheckResponse (a test holds them to it)."""
     if not (decision.allowed or not enforce):
-        return _serialized(check_response(decision, decision_id, response_config, enforce=enforce))
+        return _encoded_deny(decision, decision_id, response_config)
     key = (response_config.forward_authorization, *_identity_values(decision))
     try:
         rest = _ALLOW_BODIES[key]
@@ -185,6 +185,54 @@ def encode_check_response(
         + rest
         + _wire_field(_DYNAMIC_METADATA, metadata)
     )
+
+
+def _encoded_deny(decision: Decision, decision_id: str, response_config: ResponseConfig) -> bytes:
+    """An enforced deny: the message serialized once per kind of deny and decision id
+    length, then the decision id put in its three places (a header, the JSON body and the
+    metadata). Ours are letters and digits, which every one of those holds as they are."""
+    if not (decision_id.isascii() and decision_id.isalnum()):
+        return _serialized(check_response(decision, decision_id, response_config, enforce=True))
+    # All that check_response reads of a deny, but the decision id.
+    key = (
+        decision.reason,
+        decision.permission,
+        decision.lacking,
+        response_config,
+        len(decision_id),
+    )
+    parts = _DENY_PARTS.get(key)
+    if parts is None:
+        parts = _deny_parts(decision, len(decision_id), response_config)
+        if len(_DENY_PARTS) >= _MAX_DENY_PARTS:
+            _DENY_PARTS.clear()
+        _DENY_PARTS[key] = parts
+    if not parts:
+        return _serialized(check_response(decision, decision_id, response_config, enforce=True))
+    return decision_id.encode("ascii").join(parts)
+
+
+def _deny_parts(
+    decision: Decision, length: int, response_config: ResponseConfig
+) -> tuple[bytes, ...]:
+    """The deny serialized with a stand-in id, cut where the id goes; () when that does not
+    give back, for a second stand-in, exactly what serializing with it gives."""
+    try:
+        stand_in = _serialized(
+            check_response(decision, "Z" * length, response_config, enforce=True)
+        )
+        check = _serialized(check_response(decision, "Y" * length, response_config, enforce=True))
+    except ValueError:  # text protobuf will not take (a lone surrogate)
+        return ()
+    parts = tuple(stand_in.split(b"Z" * length))
+    if len(parts) != 4 or (b"Y" * length).join(parts) != check:
+        return ()
+    return parts
+
+
+# Prepared denies by (reason, permission, lacking sides, response config, id length).
+_DENY_PARTS: dict[tuple[object, ...], tuple[bytes, ...]] = {}
+_MAX_DENY_PARTS = 4096
 
 
 def _identity_values(decision: Decision) -> tuple[str | None, str | None, str | None]:

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from extauthz.config import ResponseConfig
 from extauthz.envoy import (
     _ALLOW_BODIES,
+    _DENY_PARTS,
     _MAX_ALLOW_BODIES,
+    _MAX_DENY_PARTS,
     HEADER_AGENT,
     HEADER_DECISION_ID,
     HEADER_PERMISSION,
@@ -439,6 +441,54 @@ def test_the_encoded_answer_reads_back_as_the_answer_check_response_builds(
             return
         wire = encode_check_response(decision, DECISION_ID, config, enforce=enforce)
         assert external_auth_pb2.CheckResponse.FromString(wire) == expected
+
+
+_deny_reasons = st.sampled_from([r for r in Reason if r is not Reason.ALLOWED])
+_decision_ids = (
+    st.text(st.sampled_from("0123456789abcdefZY"), min_size=1, max_size=140)
+    | st.sampled_from([DECISION_ID, "Z" * 32, "deny-id-with-dashes", 'id"quoted', "é" * 32])
+    | st.text(min_size=1, max_size=40)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    reason=_deny_reasons,
+    permission=st.none() | st.text(max_size=40) | st.just("Z" * 32),
+    lacking=st.lists(st.sampled_from(["agent", "user", "scope"]), max_size=3).map(tuple),
+    realm=st.text(max_size=20) | st.just("Z" * 32),
+    decision_ids=st.lists(_decision_ids, min_size=1, max_size=4),
+)
+def test_an_encoded_deny_reads_back_as_the_deny_check_response_builds(
+    reason: Reason,
+    permission: str | None,
+    lacking: tuple[str, ...],
+    realm: str,
+    decision_ids: list[str],
+) -> None:
+    # Denies are serialized once per kind and id length, then take each check's id: every
+    # id must land where the message would have it, with every length right.
+    decision = Decision(reason, permission=permission, lacking=lacking)
+    config = ResponseConfig(realm=realm)
+    for decision_id in decision_ids * 2:
+        try:
+            expected = check_response(decision, decision_id, config, enforce=True)
+        except ValueError:  # text protobuf will not take (a lone surrogate)
+            with pytest.raises(ValueError):
+                encode_check_response(decision, decision_id, config, enforce=True)
+            continue
+        wire = encode_check_response(decision, decision_id, config, enforce=True)
+        assert external_auth_pb2.CheckResponse.FromString(wire) == expected
+
+
+def test_prepared_denies_are_bounded() -> None:
+    config = ResponseConfig()
+    for n in range(_MAX_DENY_PARTS + 10):
+        decision = Decision(Reason.USER_LACKS_PERMISSION, permission=f"p:{n}", lacking=("user",))
+        wire = encode_check_response(decision, DECISION_ID, config, enforce=True)
+        denied = external_auth_pb2.CheckResponse.FromString(wire).denied_response
+        assert json.loads(denied.body)["permission"] == f"p:{n}"
+    assert len(_DENY_PARTS) <= _MAX_DENY_PARTS
 
 
 def test_prepared_allow_bodies_are_bounded() -> None:
