@@ -266,7 +266,7 @@ class DecisionLines:
             policy_version=policy_version,
             latency_us=latency_us,
         )
-        if parts is None:
+        if parts is None and _client_chars(decision, request) <= _MAX_KEPT_CLIENT_CHARS:
             # Made the second time a decision comes: one seen only once (a token used
             # for a single request) costs a dict entry, not the cutting up of its line.
             if len(self._parts) >= self.max_entries:
@@ -275,6 +275,22 @@ class DecisionLines:
         elif parts is _SEEN_ONCE:
             self._parts[key] = _line_parts(record) or _NOT_MADE
         return encode_line(record)
+
+
+# The key keeps the client's own text alive: only short text is kept, so that requests with
+# long paths or method names cannot make these entries hold megabytes.
+_MAX_KEPT_CLIENT_CHARS = 512
+
+
+def _client_chars(decision: Decision, request: RequestAttributes) -> int:
+    return (
+        len(request.method)
+        + len(request.host)
+        + len(request.path)
+        + len(request.source)
+        + len(decision.mcp_method or "")
+        + len(decision.mcp_tool or "")
+    )
 
 
 def _line_parts(record: dict[str, Any]) -> tuple[bytes, ...] | None:

@@ -576,3 +576,27 @@ def test_prepared_parts_are_kept_per_decision_and_bounded() -> None:
         assert 1 <= len(lines._parts) <= 2
     # Made on a decision's second line and used from its third.
     assert any(isinstance(parts, tuple) for parts in lines._parts.values())
+
+
+def test_a_decision_with_long_client_text_is_written_but_not_kept() -> None:
+    # Kept parts keep the request's text alive: a long path must not be held on to.
+    lines = DecisionLines()
+    request = REQUEST._replace(path="/" + "p" * 5000)
+    arguments: dict[str, Any] = {
+        "now": 1_767_225_600.1234,
+        "decision_id": "d" * 32,
+        "decision": ALLOWED,
+        "request": request,
+        "mode": "enforce",
+        "status": 200,
+        "would_status": None,
+        "feed_version": "42",
+        "feed_age_s": 12.345678,
+        "policy_version": "abcdef012345",
+        "latency_us": 87,
+    }
+    for _ in range(3):
+        assert lines.encode(**arguments) == encode_line(decision_record(**arguments))
+    assert lines._parts == {}
+    lines.encode(**{**arguments, "request": REQUEST})
+    assert len(lines._parts) == 1
