@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from extauthz import __version__
 from extauthz.errors import Reason
@@ -265,7 +266,8 @@ class _LocalCheckSeries(_CheckSeries, Collector):
             cumulative, buckets = 0, []
             for bound, count in zip((*CHECK_BUCKETS, math.inf), counts, strict=True):
                 cumulative += count
-                buckets.append((_bound_text(bound), cumulative))
+                # The bound as prometheus-client writes it: 0.0001, 1.0, +Inf.
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
             duration.add_metric([label], buckets, self._sums[label])
             # As prometheus-client's own histogram: when the series began.
             duration.samples.append(
@@ -285,8 +287,3 @@ class _LocalCheckSeries(_CheckSeries, Collector):
         # Names only, so the registry refuses another metric of the same name.
         yield HistogramMetricFamily(_DURATION_NAME, _DURATION_HELP, labels=["decision"])
         yield CounterMetricFamily(_DECISIONS_NAME, _DECISIONS_HELP, labels=["decision", "reason"])
-
-
-def _bound_text(bound: float) -> str:
-    # As prometheus-client writes a bucket bound: 0.0001, 0.5, 1.0, +Inf.
-    return "+Inf" if bound == math.inf else repr(float(bound))

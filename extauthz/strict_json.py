@@ -111,8 +111,7 @@ class _Cursor:
         self.pos = pos
 
     def skip(self) -> int:
-        match = _WHITESPACE.match(self.text, self.pos)
-        self.pos = match.end() if match else self.pos
+        self.pos = _after_whitespace(self.text, self.pos)
         return self.pos
 
     def peek(self) -> str:

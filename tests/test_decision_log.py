@@ -93,22 +93,24 @@ ALLOWED = Decision(
 )
 
 
+# The arguments of decision_record (and DecisionLines.encode) for one allowed check.
+RECORD_ARGUMENTS: dict[str, Any] = {
+    "now": 1_767_225_600.1234,  # 2026-01-01T00:00:00.123Z
+    "decision_id": "d" * 32,
+    "decision": ALLOWED,
+    "request": REQUEST,
+    "mode": "enforce",
+    "status": 200,
+    "would_status": None,
+    "feed_version": "42",
+    "feed_age_s": 12.345678,
+    "policy_version": "abcdef012345",
+    "latency_us": 87,
+}
+
+
 def record(decision: Decision = ALLOWED, **overrides: Any) -> dict[str, Any]:
-    arguments: dict[str, Any] = {
-        "now": 1_767_225_600.1234,  # 2026-01-01T00:00:00.123Z
-        "decision_id": "d" * 32,
-        "decision": decision,
-        "request": REQUEST,
-        "mode": "enforce",
-        "status": 200,
-        "would_status": None,
-        "feed_version": "42",
-        "feed_age_s": 12.345678,
-        "policy_version": "abcdef012345",
-        "latency_us": 87,
-    }
-    arguments.update(overrides)
-    return decision_record(**arguments)
+    return decision_record(**{**RECORD_ARGUMENTS, "decision": decision, **overrides})
 
 
 def test_fields_constant_is_pinned() -> None:
@@ -549,19 +551,7 @@ def test_lines_from_prepared_parts_are_the_reference_lines_byte_for_byte(
 
 def test_prepared_parts_are_kept_per_decision_and_bounded() -> None:
     lines = DecisionLines(max_entries=2)
-    arguments: dict[str, Any] = {
-        "now": 1_767_225_600.1234,
-        "decision_id": "d" * 32,
-        "decision": ALLOWED,
-        "request": REQUEST,
-        "mode": "enforce",
-        "status": 200,
-        "would_status": None,
-        "feed_version": "42",
-        "feed_age_s": 12.345678,
-        "policy_version": "abcdef012345",
-        "latency_us": 87,
-    }
+    arguments = RECORD_ARGUMENTS
     for path in ("/tickets/1", "/tickets/1", "/tickets/2", "/tickets/3", "/tickets/3"):
         for latency_us in (87, 12345):
             changed = {
@@ -582,19 +572,7 @@ def test_a_decision_with_long_client_text_is_written_but_not_kept() -> None:
     # Kept parts keep the request's text alive: a long path must not be held on to.
     lines = DecisionLines()
     request = REQUEST._replace(path="/" + "p" * 5000)
-    arguments: dict[str, Any] = {
-        "now": 1_767_225_600.1234,
-        "decision_id": "d" * 32,
-        "decision": ALLOWED,
-        "request": request,
-        "mode": "enforce",
-        "status": 200,
-        "would_status": None,
-        "feed_version": "42",
-        "feed_age_s": 12.345678,
-        "policy_version": "abcdef012345",
-        "latency_us": 87,
-    }
+    arguments = {**RECORD_ARGUMENTS, "request": request}
     for _ in range(3):
         assert lines.encode(**arguments) == encode_line(decision_record(**arguments))
     assert lines._parts == {}

@@ -433,14 +433,21 @@ def test_the_encoded_answer_reads_back_as_the_answer_check_response_builds(
     decision = Decision(reason, identity=identity, permission=permission)
     config = ResponseConfig(forward_authorization=forward_authorization)
     for _ in range(2):  # the first call prepares the allow body, the second reuses it
-        try:
-            expected = check_response(decision, DECISION_ID, config, enforce=enforce)
-        except ValueError:  # text protobuf will not take (a lone surrogate)
-            with pytest.raises(ValueError):
-                encode_check_response(decision, DECISION_ID, config, enforce=enforce)
-            return
-        wire = encode_check_response(decision, DECISION_ID, config, enforce=enforce)
-        assert external_auth_pb2.CheckResponse.FromString(wire) == expected
+        assert_encoded_as_built(decision, DECISION_ID, config, enforce=enforce)
+
+
+def assert_encoded_as_built(
+    decision: Decision, decision_id: str, config: ResponseConfig, *, enforce: bool
+) -> None:
+    """The wire form reads back as the message check_response builds, or both refuse."""
+    try:
+        expected = check_response(decision, decision_id, config, enforce=enforce)
+    except ValueError:  # text protobuf will not take (a lone surrogate)
+        with pytest.raises(ValueError):
+            encode_check_response(decision, decision_id, config, enforce=enforce)
+        return
+    wire = encode_check_response(decision, decision_id, config, enforce=enforce)
+    assert external_auth_pb2.CheckResponse.FromString(wire) == expected
 
 
 _deny_reasons = st.sampled_from([r for r in Reason if r is not Reason.ALLOWED])
@@ -471,14 +478,7 @@ def test_an_encoded_deny_reads_back_as_the_deny_check_response_builds(
     decision = Decision(reason, permission=permission, lacking=lacking)
     config = ResponseConfig(realm=realm)
     for decision_id in decision_ids * 2:
-        try:
-            expected = check_response(decision, decision_id, config, enforce=True)
-        except ValueError:  # text protobuf will not take (a lone surrogate)
-            with pytest.raises(ValueError):
-                encode_check_response(decision, decision_id, config, enforce=True)
-            continue
-        wire = encode_check_response(decision, decision_id, config, enforce=True)
-        assert external_auth_pb2.CheckResponse.FromString(wire) == expected
+        assert_encoded_as_built(decision, decision_id, config, enforce=True)
 
 
 def test_prepared_denies_are_bounded() -> None:

@@ -156,13 +156,9 @@ def validate_claims(
     exp, iat = _number(claims, "exp"), _number(claims, "iat")
     if not isinstance(claims["sub"], str) or not claims["sub"]:
         raise TokenRejected(Reason.TOKEN_MALFORMED, "'sub' must be a non-empty string")
-    if now >= exp + policy.leeway:
-        raise TokenRejected(Reason.TOKEN_EXPIRED, "token has expired")
+    _check_expiry(exp, policy, now)
     nbf = _number(claims, "nbf") if "nbf" in claims else None
-    if nbf is not None and now + policy.leeway < nbf:
-        raise TokenRejected(Reason.TOKEN_NOT_YET_VALID, "nbf is in the future")
-    if now + policy.leeway < iat:
-        raise TokenRejected(Reason.TOKEN_NOT_YET_VALID, "iat is in the future")
+    _check_started(nbf, iat, policy, now)
     if exp - iat > policy.max_lifetime:
         raise TokenRejected(Reason.TOKEN_LIFETIME_TOO_LONG, "exp - iat exceeds max_lifetime")
     if audience is not None and not _has_audience(claims.get("aud"), audience):
@@ -178,11 +174,19 @@ def validate_claim_times(times: ClaimTimes, policy: TokenPolicy, now: float) -> 
     """``validate_claims`` again, for a token that passed it under this policy and for
     ``times.audience``. Claims never change and its other steps passed, so only the steps
     that read the clock are left, in the same order with the same reasons."""
-    if now >= times.exp + policy.leeway:
+    _check_expiry(times.exp, policy, now)
+    _check_started(times.nbf, times.iat, policy, now)
+
+
+def _check_expiry(exp: float, policy: TokenPolicy, now: float) -> None:
+    if now >= exp + policy.leeway:
         raise TokenRejected(Reason.TOKEN_EXPIRED, "token has expired")
-    if times.nbf is not None and now + policy.leeway < times.nbf:
+
+
+def _check_started(nbf: float | None, iat: float, policy: TokenPolicy, now: float) -> None:
+    if nbf is not None and now + policy.leeway < nbf:
         raise TokenRejected(Reason.TOKEN_NOT_YET_VALID, "nbf is in the future")
-    if now + policy.leeway < times.iat:
+    if now + policy.leeway < iat:
         raise TokenRejected(Reason.TOKEN_NOT_YET_VALID, "iat is in the future")
 
 
