@@ -136,8 +136,13 @@ def test_soak_mixed_traffic_through_reloads_and_feed_replacements(
 
     # A sample of decision lines, decided again here by the pure core with the config and
     # feed version the line names.
+    # Every check has its line; the writer puts them out within its 50 ms interval.
     lines = {line["decision_id"]: line for line in stack.decisions()}
-    assert len(lines) == len(answers)  # every check has its line
+    deadline = time.monotonic() + 2.0
+    while len(lines) < len(answers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lines = {line["decision_id"]: line for line in stack.decisions()}
+    assert len(lines) == len(answers)
     checked = 0
     for answer in random.Random(7).sample(answers, min(SAMPLE, len(answers))):
         line = lines[answer.decision_id or ""]
