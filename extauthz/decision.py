@@ -4,6 +4,9 @@ Allowed only when the required permission is granted by the agent's configured
 permissions AND (for a delegated call) the user's current permissions from the feed AND
 the token's scope. Steps run in the contract's fixed order:
 token → revocation → agent → chain → user → route → permissions.
+
+``decide`` is two stages that the service times apart: ``authenticate`` (token and
+revocation) and ``authorize`` (the rest).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from extauthz.errors import (
 from extauthz.feed.cache import FeedState
 from extauthz.model import Decision, Identity, RequestAttributes
 from extauthz.permissions import GrantSet
-from extauthz.routes import McpToolUnknown, RouteMatch, match_route
+from extauthz.routes import McpToolUnknown, Resource, RouteMatch, match_route
 from extauthz.tokens.cache import VerifiedToken, VerifiedTokens
 from extauthz.tokens.identity import identity_from_claims
 from extauthz.tokens.keys import KeySet
@@ -62,13 +65,18 @@ class _Trace:
         "mcp_tool",
         "permission",
         "resource",
+        "routes",
         "scope_has",
         "user_has",
+        "verified",
     )
 
-    def __init__(self, resource: str | None, audience: str | None) -> None:
-        self.resource = resource
-        self.audience = audience
+    def __init__(self, routes: Resource | None) -> None:
+        self.routes = routes
+        self.resource = routes.name if routes else None
+        self.audience = routes.audience if routes else None
+        # Set by authenticate once the token passed.
+        self.verified: VerifiedToken | None = None
         self.identity: Identity | None = None
         self.issuer: str | None = None
         self.client_id: str | None = None
@@ -104,9 +112,17 @@ class _Trace:
 
 def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision:
     """Decide one request. Never raises for bad input: every refusal is a Decision."""
+    authenticated = authenticate(request, view, now)
+    if isinstance(authenticated, Decision):
+        return authenticated
+    return authorize(authenticated, request, view, now)
+
+
+def authenticate(request: RequestAttributes, view: PolicyView, now: float) -> _Trace | Decision:
+    """The first stage: the bearer token (signature, claims) and its revocation. A deny is
+    the Decision; otherwise what ``authorize`` goes on from."""
     config = view.config
-    resource = config.resources.resource_for_host(request.host)
-    trace = _Trace(resource.name if resource else None, resource.audience if resource else None)
+    trace = _Trace(config.resources.resource_for_host(request.host))
     try:
         token = bearer_token(request.headers.get("authorization"))
         cache = view.verified_tokens
@@ -128,6 +144,20 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
                 signed.claims, config.tokens, trace.audience, now
             )
         _check_not_revoked(trace.jti, signed.issuer, view.feed, config)
+    except Denied as denied:
+        return trace.decision(denied.reason, denied.refetch_keys_of)
+    trace.verified = verified
+    return trace
+
+
+def authorize(trace: _Trace, request: RequestAttributes, view: PolicyView, now: float) -> Decision:
+    """The second stage, for a request ``authenticate`` passed: agent, delegation chain,
+    user, route and the three-way permission check."""
+    config = view.config
+    verified = trace.verified
+    assert verified is not None, "authorize needs a request that authenticate passed"
+    signed = verified.signed
+    try:
         identity = verified.identity
         if identity is None:  # claims alone decide it: established once per token
             identity = verified.identity = identity_from_claims(signed.claims, signed.issuer)
@@ -135,6 +165,7 @@ def decide(request: RequestAttributes, view: PolicyView, now: float) -> Decision
         disabled_agents = view.feed.snapshot.disabled_agents if view.feed.snapshot else frozenset()
         actors = _authorized_actors(identity, signed.claims, config, disabled_agents)
         user_grants = _user_grants(identity, view.feed, config, now)
+        resource = trace.routes
         if resource is None:
             raise AccessForbidden(Reason.ROUTE_UNKNOWN, f"no resource for host {request.host!r}")
         try:

@@ -33,6 +33,24 @@ CHECK_BUCKETS = (
     0.25,
     1.0,
 )
+# A stage is microseconds of work, so its buckets start lower than a whole check's.
+STAGE_BUCKETS = (
+    0.000005,
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.01,
+    0.1,
+)
+# The stages of a check, in order: reading Envoy's request, the token (signature, claims,
+# revocation), the rest of the decision (agent, user, route, permissions), and the answer
+# (response, decision line).
+STAGES = ("parse", "verify", "decide", "answer")
 REFRESH_OUTCOMES = ("success", "not_modified", "error")
 RELOAD_OUTCOMES = ("success", "error")
 
@@ -121,6 +139,12 @@ class Metrics:
             "Decision lines that could not be written (queue full or stdout failing).",
             registry=registry,
         )
+        self.checks_waiting_for_keys = Gauge(
+            "extauthz_checks_waiting_for_keys",
+            "Checks waiting for a refetch of keys their token's kid asked for.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
         self.decision_log_pending = Gauge(
             "extauthz_decision_log_pending",
             "Decision lines queued for the writer and not yet written.",
@@ -152,6 +176,13 @@ class Metrics:
         """Count one answered check and how long it took. Called from the event loop's
         thread only."""
         self._checks.observe(reason, seconds)
+
+    def observe_stages(
+        self, parse: float | None, verify: float | None, decide: float | None, answer: float
+    ) -> None:
+        """Record how long one check spent in each stage it reached (None: not reached).
+        Called from the event loop's thread only."""
+        self._checks.observe_stages(parse, verify, decide, answer)
 
     def track(self, gauge: Gauge, value: Callable[[], float]) -> None:
         """Export ``value()`` as ``gauge``: read at scrape time, or (multiprocess) at
@@ -201,6 +232,11 @@ _DURATION_HELP = "Time to decide one ext_authz Check, from request received to r
 _DECISIONS_NAME = "extauthz_decisions_total"
 _DECISIONS_HELP = "Decisions by outcome and reason code (the decision-log reason)."
 _DECISION_LABELS = ("allow", "deny")
+_STAGE_NAME = "extauthz_check_stage_seconds"
+_STAGE_HELP = (
+    "Time one check spent in a stage: parse (Envoy's request), verify (token and revocation), "
+    "decide (agent, user, route, permissions), answer (response and decision line)."
+)
 
 
 class _CheckSeries:
@@ -209,6 +245,11 @@ class _CheckSeries:
     rates and alerts see zeros, not gaps."""
 
     def observe(self, reason: Reason, seconds: float) -> None:
+        raise NotImplementedError
+
+    def observe_stages(
+        self, parse: float | None, verify: float | None, decide: float | None, answer: float
+    ) -> None:
         raise NotImplementedError
 
 
@@ -227,15 +268,32 @@ class _SharedCheckSeries(_CheckSeries):
         decisions = Counter(
             _DECISIONS_NAME, _DECISIONS_HELP, ["decision", "reason"], registry=registry
         )
+        stages = Histogram(
+            _STAGE_NAME, _STAGE_HELP, ["stage"], buckets=STAGE_BUCKETS, registry=registry
+        )
         # Children resolved once, so a check does no label lookups.
         self._durations = {reason: duration.labels(_decision_label(reason)) for reason in Reason}
         self._decisions = {
             reason: decisions.labels(_decision_label(reason), reason.value) for reason in Reason
         }
+        self._parse, self._verify, self._decide, self._answer = (
+            stages.labels(stage) for stage in STAGES
+        )
 
     def observe(self, reason: Reason, seconds: float) -> None:
         self._durations[reason].observe(seconds)
         self._decisions[reason].inc()
+
+    def observe_stages(
+        self, parse: float | None, verify: float | None, decide: float | None, answer: float
+    ) -> None:
+        if parse is not None:
+            self._parse.observe(parse)
+        if verify is not None:
+            self._verify.observe(verify)
+        if decide is not None:
+            self._decide.observe(decide)
+        self._answer.observe(answer)
 
 
 class _LocalCheckSeries(_CheckSeries, Collector):
@@ -250,6 +308,9 @@ class _LocalCheckSeries(_CheckSeries, Collector):
         self._buckets = {label: [0] * (len(CHECK_BUCKETS) + 1) for label in _DECISION_LABELS}
         self._sums = dict.fromkeys(_DECISION_LABELS, 0.0)
         self._decisions = dict.fromkeys(Reason, 0)
+        # Per stage, in STAGES order: bucket counts as above, and the sum.
+        self._stage_buckets = [[0] * (len(STAGE_BUCKETS) + 1) for _ in STAGES]
+        self._stage_sums = [0.0] * len(STAGES)
         registry.register(self)
 
     def observe(self, reason: Reason, seconds: float) -> None:
@@ -259,19 +320,28 @@ class _LocalCheckSeries(_CheckSeries, Collector):
         self._sums[label] += seconds
         self._decisions[reason] += 1
 
+    def observe_stages(
+        self, parse: float | None, verify: float | None, decide: float | None, answer: float
+    ) -> None:
+        # Unrolled: this runs on every check, and a loop over the four costs twice as much.
+        buckets, sums = self._stage_buckets, self._stage_sums
+        if parse is not None:
+            buckets[0][bisect.bisect_left(STAGE_BUCKETS, parse)] += 1
+            sums[0] += parse
+        if verify is not None:
+            buckets[1][bisect.bisect_left(STAGE_BUCKETS, verify)] += 1
+            sums[1] += verify
+        if decide is not None:
+            buckets[2][bisect.bisect_left(STAGE_BUCKETS, decide)] += 1
+            sums[2] += decide
+        buckets[3][bisect.bisect_left(STAGE_BUCKETS, answer)] += 1
+        sums[3] += answer
+
     def collect(self) -> Iterator[Metric]:
         duration = HistogramMetricFamily(_DURATION_NAME, _DURATION_HELP, labels=["decision"])
         for label in _DECISION_LABELS:
-            counts = list(self._buckets[label])
-            cumulative, buckets = 0, []
-            for bound, count in zip((*CHECK_BUCKETS, math.inf), counts, strict=True):
-                cumulative += count
-                # The bound as prometheus-client writes it: 0.0001, 1.0, +Inf.
-                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
-            duration.add_metric([label], buckets, self._sums[label])
-            # As prometheus-client's own histogram: when the series began.
-            duration.samples.append(
-                Sample(f"{_DURATION_NAME}_created", {"decision": label}, self._created)
+            self._add_histogram(
+                duration, "decision", label, CHECK_BUCKETS, self._buckets[label], self._sums[label]
             )
         yield duration
         decisions = CounterMetricFamily(
@@ -282,8 +352,39 @@ class _LocalCheckSeries(_CheckSeries, Collector):
                 [_decision_label(reason), reason.value], count, created=self._created
             )
         yield decisions
+        stages = HistogramMetricFamily(_STAGE_NAME, _STAGE_HELP, labels=["stage"])
+        for index, stage in enumerate(STAGES):
+            self._add_histogram(
+                stages,
+                "stage",
+                stage,
+                STAGE_BUCKETS,
+                self._stage_buckets[index],
+                self._stage_sums[index],
+            )
+        yield stages
+
+    def _add_histogram(
+        self,
+        family: HistogramMetricFamily,
+        label_name: str,
+        label: str,
+        bounds: tuple[float, ...],
+        counts: list[int],
+        total: float,
+    ) -> None:
+        counts = list(counts)
+        cumulative, buckets = 0, []
+        for bound, count in zip((*bounds, math.inf), counts, strict=True):
+            cumulative += count
+            # The bound as prometheus-client writes it: 0.0001, 1.0, +Inf.
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+        family.add_metric([label], buckets, total)
+        # As prometheus-client's own histogram: when the series began.
+        family.samples.append(Sample(f"{family.name}_created", {label_name: label}, self._created))
 
     def describe(self) -> Iterator[Metric]:
         # Names only, so the registry refuses another metric of the same name.
         yield HistogramMetricFamily(_DURATION_NAME, _DURATION_HELP, labels=["decision"])
         yield CounterMetricFamily(_DECISIONS_NAME, _DECISIONS_HELP, labels=["decision", "reason"])
+        yield HistogramMetricFamily(_STAGE_NAME, _STAGE_HELP, labels=["stage"])

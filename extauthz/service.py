@@ -17,7 +17,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 
 from extauthz.config import Config
-from extauthz.decision import PolicyView, decide
+from extauthz.decision import PolicyView, authenticate, authorize
 from extauthz.decision_log import DecisionLines, DecisionLogFull, DecisionSink
 from extauthz.envoy import encode_check_response, request_from_check, status_of
 from extauthz.errors import Reason
@@ -106,6 +106,10 @@ class _Pending:
     view: PolicyView
     now: float
     decision: Decision
+    # Seconds spent in each stage; None where the check did not reach it.
+    parse_s: float | None = None
+    verify_s: float | None = None
+    decide_s: float | None = None
 
 
 class CheckHandler:
@@ -145,14 +149,18 @@ class CheckHandler:
         pending = self._decide(check)
         issuer = pending.decision.refetch_keys_of
         if issuer is not None and self.refetch_keys is not None:
+            waiting = self.metrics.checks_waiting_for_keys
+            waiting.inc()
             try:
                 refetched = await self.refetch_keys(issuer)
             except Exception:  # a failed refetch leaves the deny as it is
                 log.exception("key refetch failed", extra={"decision_id": pending.decision_id})
                 refetched = False
+            finally:
+                waiting.dec()
             if refetched:
                 pending.view, pending.now = self.runtime.view(), self.clock()
-                pending.decision = self._safe_decide(pending)
+                self._safe_decide(pending)
         return self._answer(pending)
 
     def shed(self, check: external_auth_pb2.CheckRequest) -> bytes:
@@ -164,6 +172,7 @@ class CheckHandler:
         except Exception:  # the last line of defence: deny, log, keep serving
             log.exception("check failed unexpectedly", extra={"decision_id": pending.decision_id})
             return self._answer(pending)
+        pending.parse_s = time.perf_counter() - pending.started
         pending.decision = Decision(Reason.OVERLOADED)
         return self._answer(pending)
 
@@ -184,17 +193,31 @@ class CheckHandler:
         except Exception:  # the last line of defence: deny, log, keep serving
             log.exception("check failed unexpectedly", extra={"decision_id": pending.decision_id})
             return pending
-        pending.decision = self._safe_decide(pending)
+        pending.parse_s = time.perf_counter() - pending.started
+        self._safe_decide(pending)
         return pending
 
-    def _safe_decide(self, pending: _Pending) -> Decision:
+    def _safe_decide(self, pending: _Pending) -> None:
+        """Decide ``pending`` in its two stages, timing each (a second decision after a
+        key refetch times them again)."""
+        pending.verify_s = pending.decide_s = None
+        perf_counter = time.perf_counter
         try:
-            return decide(pending.request, pending.view, pending.now)
+            began = perf_counter()
+            authenticated = authenticate(pending.request, pending.view, pending.now)
+            verified = perf_counter()
+            pending.verify_s = verified - began
+            if isinstance(authenticated, Decision):
+                pending.decision = authenticated
+                return
+            pending.decision = authorize(authenticated, pending.request, pending.view, pending.now)
+            pending.decide_s = perf_counter() - verified
         except Exception:  # the last line of defence: deny, log, keep serving
             log.exception("check failed unexpectedly", extra={"decision_id": pending.decision_id})
-            return Decision(Reason.INTERNAL_ERROR)
+            pending.decision = Decision(Reason.INTERNAL_ERROR)
 
     def _answer(self, pending: _Pending) -> bytes:
+        answering = time.perf_counter()
         decision, decision_id, view = pending.decision, pending.decision_id, pending.view
         enforce = view.config.mode == "enforce"
         response = encode_check_response(
@@ -219,7 +242,11 @@ class CheckHandler:
             response = encode_check_response(
                 decision, decision_id, view.config.response, enforce=True
             )
-        self.metrics.observe_check(decision.reason, elapsed)
+        metrics = self.metrics
+        metrics.observe_check(decision.reason, elapsed)
+        metrics.observe_stages(
+            pending.parse_s, pending.verify_s, pending.decide_s, time.perf_counter() - answering
+        )
         return response
 
     def _line(

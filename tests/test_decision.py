@@ -15,7 +15,7 @@ import pytest
 from jwt.algorithms import get_default_algorithms
 
 from extauthz.config import Config
-from extauthz.decision import PolicyView, _Trace, decide
+from extauthz.decision import PolicyView, _Trace, authenticate, decide
 from extauthz.demo.issuer import LocalIssuer
 from extauthz.errors import Reason
 from extauthz.feed.cache import FeedState
@@ -720,6 +720,28 @@ def bearer(token: str, **kw: Any) -> RequestAttributes:
     return request(authorization=f"Bearer {token}", **kw)
 
 
+# What the verify stage (authenticate) can refuse: the token itself and its revocation.
+TOKEN_STAGE_REASONS = {r for r in Reason if r.value.startswith(("token_", "key"))}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_token_stage_refuses_token_faults_and_passes_the_rest_on(
+    case: Case, view: View, mint: Mint
+) -> None:
+    # The service times the two stages apart (extauthz_check_stage_seconds): a deny for
+    # the token must come from the first, anything else from the second.
+    attributes = attributes_of(case, mint)
+    case_view = view(case.feed, case.delegation, case.now)
+    authenticated = authenticate(attributes, case_view, case.now)
+
+    if case.expect in TOKEN_STAGE_REASONS:
+        fresh_view = view(case.feed, case.delegation, case.now)
+        assert authenticated == decide(attributes, fresh_view, case.now)
+    else:
+        assert not isinstance(authenticated, Decision)
+        assert authenticated.verified is not None
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_decides_the_expected_reason(case: Case, view: View, mint: Mint) -> None:
     decision = run(case, view, mint)
@@ -1359,11 +1381,13 @@ def test_delegated_token_from_another_issuer_than_the_feeds_is_user_unknown(
 def test_every_step_recorded_on_the_way_reaches_its_own_field_of_the_decision() -> None:
     # The trace turns into a Decision positionally, for speed: each field must still land
     # under its own name.
-    trace = _Trace("resource-x", "audience-x")
+    trace = _Trace(None)
     identity = Identity(
         "agent-x", "user-x", ("agent-x",), "client-x", "issuer-x", "jti-x", frozenset()
     )
     recorded: dict[str, object] = {
+        "resource": "resource-x",
+        "audience": "audience-x",
         "identity": identity,
         "issuer": "issuer-y",
         "client_id": "client-y",
@@ -1383,8 +1407,6 @@ def test_every_step_recorded_on_the_way_reaches_its_own_field_of_the_decision() 
 
     assert decision._asdict() == {
         "reason": Reason.USER_LACKS_PERMISSION,
-        "resource": "resource-x",
-        "audience": "audience-x",
         "refetch_keys_of": "issuer-to-refetch",
         **recorded,
     }

@@ -12,7 +12,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from extauthz import __version__
 from extauthz.errors import Reason
-from extauthz.metrics import CHECK_BUCKETS, Metrics, _LocalCheckSeries, _SharedCheckSeries
+from extauthz.metrics import (
+    CHECK_BUCKETS,
+    STAGE_BUCKETS,
+    Metrics,
+    _LocalCheckSeries,
+    _SharedCheckSeries,
+)
 
 
 @pytest.fixture
@@ -117,6 +123,48 @@ def test_one_process_series_read_as_prometheus_clients_own(
         local_series.observe(reason, seconds)
         shared_series.observe(reason, seconds)
     assert _exposition(local) == _exposition(shared)
+
+
+_STAGE_SECONDS = st.one_of(st.none(), st.sampled_from(STAGE_BUCKETS), st.floats(0.0, 1.0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            _STAGE_SECONDS,
+            _STAGE_SECONDS,
+            _STAGE_SECONDS,
+            st.one_of(st.sampled_from(STAGE_BUCKETS), st.floats(0.0, 1.0)),
+        ),
+        max_size=30,
+    )
+)
+def test_one_process_stage_series_read_as_prometheus_clients_own(
+    checks: list[tuple[float | None, float | None, float | None, float]],
+) -> None:
+    local, shared = CollectorRegistry(), CollectorRegistry()
+    local_series, shared_series = _LocalCheckSeries(local), _SharedCheckSeries(shared)
+    for parse, verify, decide, answer in checks:
+        local_series.observe_stages(parse, verify, decide, answer)
+        shared_series.observe_stages(parse, verify, decide, answer)
+    assert _exposition(local) == _exposition(shared)
+
+
+def test_a_stage_not_reached_is_not_counted(metrics: Metrics) -> None:
+    # A token that fails verification reaches parse and verify, not decide.
+    metrics.observe_stages(0.00002, 0.00004, None, 0.00001)
+    count = "extauthz_check_stage_seconds_count"
+    assert sample(metrics, count, {"stage": "parse"}) == 1.0
+    assert sample(metrics, count, {"stage": "verify"}) == 1.0
+    assert sample(metrics, count, {"stage": "decide"}) == 0.0
+    assert sample(metrics, count, {"stage": "answer"}) == 1.0
+    verify_sum = sample(metrics, "extauthz_check_stage_seconds_sum", {"stage": "verify"})
+    assert verify_sum == pytest.approx(0.00004)
+    le_25us = {"stage": "verify", "le": "2.5e-05"}
+    le_50us = {"stage": "verify", "le": "5e-05"}
+    assert sample(metrics, "extauthz_check_stage_seconds_bucket", le_25us) == 0.0
+    assert sample(metrics, "extauthz_check_stage_seconds_bucket", le_50us) == 1.0
 
 
 def test_feed_age_is_infinite_before_any_feed(metrics: Metrics) -> None:

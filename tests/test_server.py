@@ -924,13 +924,15 @@ async def test_checks_beyond_max_inflight_are_refused_not_queued(tmp_path: Path)
                 )
 
                 async def refetching() -> bool:  # the first check now waits on the IdP
-                    return len(idp.paths_requested("/jwks")) == 2
+                    return sample(server, "extauthz_checks_waiting_for_keys") == 1.0
 
                 await eventually(refetching)
+                assert len(idp.paths_requested("/jwks")) == 2
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await stub.Check(check_request(headers=bearer(slow)), timeout=5)
                 assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
                 first = await waiting
             assert first.denied_response.status.code == 401  # key_unknown after the wait
+            assert sample(server, "extauthz_checks_waiting_for_keys") == 0.0
         finally:
             await server.stop()

@@ -22,7 +22,7 @@ from extauthz.decision_log import FIELDS, BackgroundDecisionLog, DecisionLog
 from extauthz.demo.issuer import LocalIssuer
 from extauthz.envoy import HEADER_AGENT, HEADER_DECISION_ID, HEADER_PERMISSION, HEADER_USER
 from extauthz.feed.snapshot import parse_feed
-from extauthz.metrics import Metrics
+from extauthz.metrics import STAGES, Metrics
 from extauthz.server import load_key_sets
 from extauthz.service import CheckHandler, Runtime
 from extauthz.tokens.keys import KeySet
@@ -221,16 +221,18 @@ def test_token_never_appears_in_decision_lines_or_logs(
 # --- failures inside the check -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("stage", ["authenticate", "authorize"])
 def test_unexpected_exception_is_an_internal_error_deny_with_a_line_and_a_log(
     harness: Harness,
     issuer: LocalIssuer,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    stage: str,
 ) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(extauthz.service, "decide", broken)
+    monkeypatch.setattr(extauthz.service, stage, broken)
     caplog.set_level(logging.DEBUG, logger="extauthz")
     token = delegated_token(issuer)
     response = harness.check(check_request(path="/tickets/1?q=1", headers=bearer(token)))
@@ -435,6 +437,29 @@ def test_checks_move_decision_counters_and_duration_histogram(
     assert harness.sample(count, {"decision": "allow"}) == 2.0
     assert harness.sample(count, {"decision": "deny"}) == 1.0
     assert harness.sample("extauthz_check_duration_seconds_sum", {"decision": "allow"}) > 0
+
+
+def test_each_check_times_the_stages_it_reached(harness: Harness, issuer: LocalIssuer) -> None:
+    token = delegated_token(issuer)
+    harness.check(check_request(headers=bearer(token)))
+    harness.check(check_request(headers=bearer(token)))
+    harness.check(check_request())  # denied at the token: never reaches decide
+
+    count = "extauthz_check_stage_seconds_count"
+    counts = {stage: harness.sample(count, {"stage": stage}) for stage in STAGES}
+    assert counts == {"parse": 3.0, "verify": 3.0, "decide": 2.0, "answer": 3.0}
+    for stage in STAGES:
+        assert harness.sample("extauthz_check_stage_seconds_sum", {"stage": stage}) > 0
+
+
+def test_a_shed_check_times_only_its_parse_and_answer(
+    harness: Harness, issuer: LocalIssuer
+) -> None:
+    harness.handler.shed(check_request(headers=bearer(delegated_token(issuer))))
+
+    count = "extauthz_check_stage_seconds_count"
+    counts = {stage: harness.sample(count, {"stage": stage}) for stage in STAGES}
+    assert counts == {"parse": 1.0, "verify": 0.0, "decide": 0.0, "answer": 1.0}
 
 
 def test_stale_feed_denies_delegated_with_503_but_autonomous_still_works(

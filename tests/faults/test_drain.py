@@ -60,11 +60,12 @@ def test_sigterm_turns_health_not_serving_first_and_lets_in_flight_checks_finish
     ]
     for client in clients:
         client.start()
-    wait_for(lambda: len(origin.paths_requested("/jwks")) >= 2, "checks waiting on a refetch")
+    # Counted by extauthz itself: Envoy counts a check as active before extauthz has it.
     wait_for(
-        lambda: stack.envoy_stats().get("cluster.extauthz.upstream_rq_active", 0) >= 5,
-        "all five checks in flight at extauthz",
+        lambda: stack.metric("extauthz_checks_waiting_for_keys") == 5,
+        "all five checks waiting on the refetch at extauthz",
     )
+    assert len(origin.paths_requested("/jwks")) == 2  # the start's fetch and one refetch
     sent = time.monotonic()
     assert stack.extauthz is not None
     stack.extauthz.process.send_signal(signal.SIGTERM)
