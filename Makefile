@@ -5,7 +5,7 @@ TOOLS  := .tools
 PIP_FLAGS := --quiet --disable-pip-version-check
 
 .PHONY: demo test lint unit e2e soak bench bench-check bench-decide bench-feed \
-	bench-propagation bench-overload proto fuzz tools deploy-tools deploy-check clean
+	bench-propagation bench-overload bench-workers proto fuzz tools deploy-tools deploy-check clean
 
 # The package and its test tools.
 $(VENV)/.installed: pyproject.toml
@@ -111,6 +111,11 @@ bench: $(VENV)/.installed $(TOOLS)/.installed
 # Prints µs per Check and the ratio to PyJWT's own decode of the same token (same run).
 bench-check: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/bench_check.py
+
+# `serve --workers N` against one worker: h2load straight at the gRPC port (installs h2load
+# with apt-get if it is missing). Options: BENCH_ARGS="--workers 1,2,4 --seconds 10"
+bench-workers: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/bench_workers.py $(BENCH_ARGS)
 
 # The decision core alone (no gRPC): decisions per second for a realistic policy.
 bench-decide: $(VENV)/.installed

@@ -4,20 +4,28 @@ validate``. No load and no timing here: the benchmark measures, the tests do not
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from prometheus_client import CollectorRegistry
 
+from extauthz.config import load_config
+from extauthz.decision_log import DecisionLog
 from extauthz.demo.issuer import LocalIssuer
 from extauthz.demo.stack import ENVOY_ENV_VAR, EnvoyNotFound, find_envoy, free_ports
+from extauthz.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -180,3 +188,75 @@ def test_the_baseline_case_needs_a_checkout_to_run_from(arguments: list[str], pr
     )
     assert refused.returncode == 2
     assert problem in refused.stderr
+
+
+# --- bench_workers.py --------------------------------------------------------------------
+
+H2LOAD_SUMMARY = """starting benchmark...
+spawning thread #0: 16 total client(s). 0 total requests
+Warm-up started for thread #0.
+progress: 10% done
+finished in 5.00s, 2382.60 req/s, 1.10MB/s
+requests: 11913 total, 12041 started, 11913 done, 11900 succeeded, 13 failed, 0 errored, 0 timeout
+status codes: 11900 2xx, 0 3xx, 0 4xx, 13 5xx
+traffic: 5.52MB (5788123) total, 234.15KB (239768) headers (space savings 93.10%), 5.19MB
+"""
+
+
+@pytest.fixture(scope="module")
+def bench_workers() -> Any:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_workers as module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def test_h2load_summary_is_read_for_answers_failures_and_time(bench_workers: Any) -> None:
+    result = bench_workers.parse_h2load(H2LOAD_SUMMARY)
+
+    assert (result.succeeded, result.failed, result.errored) == (11900, 13, 0)
+    assert result.status_2xx == 11900
+    assert result.seconds == 5.0
+    assert result.rps == 2380.0
+    in_ms = bench_workers.parse_h2load(H2LOAD_SUMMARY.replace("5.00s", "250.00ms"))
+    assert in_ms.seconds == 0.25
+
+
+def test_h2load_output_without_a_summary_is_an_error(bench_workers: Any) -> None:
+    with pytest.raises(bench_workers.BenchError, match="no summary"):
+        bench_workers.parse_h2load("connect to 127.0.0.1 port 1 failed: Connection refused\n")
+
+
+def test_worker_counts_always_compare_with_one_worker(bench_workers: Any) -> None:
+    assert bench_workers.parse_workers("4,2") == [1, 2, 4]
+    assert bench_workers.parse_workers("1,2,2") == [1, 2]
+    for bad in ("0,2", "two", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench_workers.parse_workers(bad)
+
+
+def test_the_check_h2load_sends_is_one_grpc_message_that_extauthz_allows(
+    bench_workers: Any, tmp_path: Path
+) -> None:
+    issuer = LocalIssuer(ISSUER)
+    shutil.copytree(ROOT / "deploy" / "extauthz", tmp_path / "policy")
+    issuer.write_jwks(tmp_path / "policy" / "keys" / "jwks.json")
+    server = Server(load_config(tmp_path / "policy" / "config.yaml"), CollectorRegistry())
+    server.handler.decision_log = DecisionLog(io.StringIO())
+    server.refresh_feed()
+    token = issuer.token(
+        sub="alice",
+        audience=AUDIENCE,
+        scope="tickets:read",
+        client_id="support-agent",
+        act={"sub": "support-agent"},
+    )
+    frame = bench_workers.grpc_frame(bench_workers.check_request(token).SerializeToString())
+
+    # The gRPC framing: an uncompressed flag, then the message's length, big-endian.
+    assert frame[0] == 0
+    assert int.from_bytes(frame[1:5], "big") == len(frame) - 5
+    answer = server.handler.check(external_auth_pb2.CheckRequest.FromString(frame[5:]))
+    assert answer.status.code == 0  # OK: an allow, as every check of the benchmark must be
