@@ -40,6 +40,7 @@ from bench_envoy import (
     ISSUER,
     PATH,
     TOKEN_LIFETIME,
+    WORKER_METRICS_FLUSH,
     BenchError,
     Proc,
     git_commit,
@@ -215,11 +216,11 @@ class WorkersBench:
         proc = self.start(workers)
         try:
             self.load(checks=WARM_UP_CHECKS)
+            time.sleep(WORKER_METRICS_FLUSH if workers > 1 else 0.0)  # the warm-up's, flushed
             allowed_before, cpu_before = allowed_decisions(self.http_port), proc.cpu_seconds()
             result = self.load(seconds=self.args.seconds)
             cpu = proc.cpu_seconds() - cpu_before
-            # With workers, each writes its share of the metrics on the check's own thread,
-            # so the count is complete once h2load has its answers.
+            time.sleep(WORKER_METRICS_FLUSH if workers > 1 else 0.0)
             allowed = allowed_decisions(self.http_port) - allowed_before
         finally:
             proc.stop()

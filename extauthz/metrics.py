@@ -59,16 +59,17 @@ class Metrics:
     """Every metric extauthz exports. With ``multiprocess`` (``serve --workers``), values
     live in prometheus-client's shared files and are summed or maxed across workers at
     scrape time; gauges computed on demand are then sampled by ``sample_gauges`` instead,
-    since such files hold only values that were set."""
+    since such files hold only values that were set, and the per-check series reach the
+    files at that call too (so a scrape may be up to a second behind)."""
 
     def __init__(self, registry: CollectorRegistry, *, multiprocess: bool = False) -> None:
         self.registry = registry
         self.multiprocess = multiprocess
         self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
         self._config_labels: tuple[str, str] | None = None
-        # The two series every check moves. In one process they are plain numbers that
-        # only the event loop's thread writes (a prometheus-client child takes a lock per
-        # update); with workers they must live in prometheus-client's shared files.
+        # The series every check moves: plain numbers that only the event loop's thread
+        # writes, read at scrape time in one process, flushed to the shared files with
+        # workers.
         self._checks: _CheckSeries = (
             _SharedCheckSeries(registry) if multiprocess else _LocalCheckSeries(registry)
         )
@@ -194,8 +195,12 @@ class Metrics:
             gauge.set_function(value)
 
     def sample_gauges(self) -> None:
+        """(multiprocess) Write every tracked gauge's value and the checks counted since
+        the last call into the shared files. The server calls it once a second and at
+        stop."""
         for gauge, value in self._sampled:
             gauge.set(value())
+        self._checks.flush()
 
     def track_feed_age(self, age: Callable[[], float | None]) -> None:
         self.track(self.feed_age, lambda: _or_inf(age()))
@@ -240,69 +245,15 @@ _STAGE_HELP = (
 
 
 class _CheckSeries:
-    """``extauthz_check_duration_seconds{decision}`` and
-    ``extauthz_decisions_total{decision,reason}``. Every series exists from the start, so
-    rates and alerts see zeros, not gaps."""
+    """``extauthz_check_duration_seconds{decision}``, ``extauthz_decisions_total{decision,
+    reason}`` and ``extauthz_check_stage_seconds{stage}``, the series every check moves.
+    Every series exists from the start, so rates and alerts see zeros, not gaps.
 
-    def observe(self, reason: Reason, seconds: float) -> None:
-        raise NotImplementedError
+    Counted here as plain numbers: written by one thread (the event loop's), so no lock
+    (a prometheus-client child takes one per update, and with workers writes a shared
+    file as well). How the numbers reach a scrape is up to the subclass."""
 
-    def observe_stages(
-        self, parse: float | None, verify: float | None, decide: float | None, answer: float
-    ) -> None:
-        raise NotImplementedError
-
-
-class _SharedCheckSeries(_CheckSeries):
-    """prometheus-client's own metrics, whose values multiprocess mode keeps in files
-    shared by the workers."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        duration = Histogram(
-            _DURATION_NAME,
-            _DURATION_HELP,
-            ["decision"],
-            buckets=CHECK_BUCKETS,
-            registry=registry,
-        )
-        decisions = Counter(
-            _DECISIONS_NAME, _DECISIONS_HELP, ["decision", "reason"], registry=registry
-        )
-        stages = Histogram(
-            _STAGE_NAME, _STAGE_HELP, ["stage"], buckets=STAGE_BUCKETS, registry=registry
-        )
-        # Children resolved once, so a check does no label lookups.
-        self._durations = {reason: duration.labels(_decision_label(reason)) for reason in Reason}
-        self._decisions = {
-            reason: decisions.labels(_decision_label(reason), reason.value) for reason in Reason
-        }
-        self._parse, self._verify, self._decide, self._answer = (
-            stages.labels(stage) for stage in STAGES
-        )
-
-    def observe(self, reason: Reason, seconds: float) -> None:
-        self._durations[reason].observe(seconds)
-        self._decisions[reason].inc()
-
-    def observe_stages(
-        self, parse: float | None, verify: float | None, decide: float | None, answer: float
-    ) -> None:
-        if parse is not None:
-            self._parse.observe(parse)
-        if verify is not None:
-            self._verify.observe(verify)
-        if decide is not None:
-            self._decide.observe(decide)
-        self._answer.observe(answer)
-
-
-class _LocalCheckSeries(_CheckSeries, Collector):
-    """The same series as plain numbers, collected at scrape time. Written by one thread
-    (the event loop's), so no lock: a scrape from another thread may see a check counted
-    in one series and not yet in the other, never a torn number."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._created = time.time()
+    def __init__(self) -> None:
         # Per decision label: a count per bucket (the last one past every bound, +Inf),
         # and the sum of the observed seconds.
         self._buckets = {label: [0] * (len(CHECK_BUCKETS) + 1) for label in _DECISION_LABELS}
@@ -311,7 +262,6 @@ class _LocalCheckSeries(_CheckSeries, Collector):
         # Per stage, in STAGES order: bucket counts as above, and the sum.
         self._stage_buckets = [[0] * (len(STAGE_BUCKETS) + 1) for _ in STAGES]
         self._stage_sums = [0.0] * len(STAGES)
-        registry.register(self)
 
     def observe(self, reason: Reason, seconds: float) -> None:
         label = "allow" if reason is Reason.ALLOWED else "deny"
@@ -336,6 +286,75 @@ class _LocalCheckSeries(_CheckSeries, Collector):
             sums[2] += decide
         buckets[3][bisect.bisect_left(STAGE_BUCKETS, answer)] += 1
         sums[3] += answer
+
+    def flush(self) -> None:
+        """Make what was counted so far visible to a scrape (where it is not already)."""
+
+
+class _SharedCheckSeries(_CheckSeries):
+    """prometheus-client's own metrics, whose values multiprocess mode keeps in files
+    shared by the workers. Checks are counted locally and added to the files at each
+    ``flush`` (once a second, by the server): an update of those files costs 2 to 3 µs, and
+    a check moves eleven of them. A worker that is killed loses what it had not flushed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        duration = Histogram(
+            _DURATION_NAME,
+            _DURATION_HELP,
+            ["decision"],
+            buckets=CHECK_BUCKETS,
+            registry=registry,
+        )
+        decisions = Counter(
+            _DECISIONS_NAME, _DECISIONS_HELP, ["decision", "reason"], registry=registry
+        )
+        stages = Histogram(
+            _STAGE_NAME, _STAGE_HELP, ["stage"], buckets=STAGE_BUCKETS, registry=registry
+        )
+        # Children resolved once, so a flush does no label lookups.
+        self._duration_children = {label: duration.labels(label) for label in _DECISION_LABELS}
+        self._decision_children = {
+            reason: decisions.labels(_decision_label(reason), reason.value) for reason in Reason
+        }
+        self._stage_children = [stages.labels(stage) for stage in STAGES]
+
+    def flush(self) -> None:
+        for label, child in self._duration_children.items():
+            _add_to_histogram(child, self._buckets[label], self._sums[label])
+            self._sums[label] = 0.0
+        for reason, count in self._decisions.items():
+            if count:
+                self._decision_children[reason].inc(count)
+                self._decisions[reason] = 0
+        for index, child in enumerate(self._stage_children):
+            _add_to_histogram(child, self._stage_buckets[index], self._stage_sums[index])
+            self._stage_sums[index] = 0.0
+
+
+def _add_to_histogram(child: Histogram, counts: list[int], total: float) -> None:
+    """Add per-bucket ``counts`` (and zero them) and their sum to ``child``: what as many
+    ``observe`` calls would have added. prometheus-client has no call that adds counts,
+    so this writes the values ``observe`` writes (a test holds the two to the same
+    scrape)."""
+    if not any(counts):
+        return
+    child._sum.inc(total)
+    for index, count in enumerate(counts):
+        if count:
+            child._buckets[index].inc(count)
+            counts[index] = 0
+
+
+class _LocalCheckSeries(_CheckSeries, Collector):
+    """The numbers themselves, collected at scrape time (one process, no workers). A
+    scrape from another thread may see a check counted in one series and not yet in the
+    other, never a torn number."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._created = time.time()
+        registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
         duration = HistogramMetricFamily(_DURATION_NAME, _DURATION_HELP, labels=["decision"])

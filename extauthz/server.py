@@ -347,6 +347,8 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.http.stop()
+        if self.worker:  # the last second's checks, into the shared metric files
+            self.metrics.sample_gauges()
         # Every line of a check that was answered is written before the process ends.
         if not await asyncio.to_thread(self.decision_log.close, 5.0):
             log.error(

@@ -8,7 +8,7 @@ import platform
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from extauthz import __version__
 from extauthz.errors import Reason
@@ -95,6 +95,16 @@ def test_a_duration_on_a_bucket_bound_falls_in_that_bucket(metrics: Metrics) -> 
     )
 
 
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    # Every sample but the creation times, by name (without _total) and labels.
+    return {
+        (s.name.removesuffix("_total"), tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
 def _exposition(registry: CollectorRegistry) -> list[str]:
     # Every line but the creation times, which differ by when each series was made.
     return [
@@ -122,6 +132,7 @@ def test_one_process_series_read_as_prometheus_clients_own(
     for reason, seconds in checks:
         local_series.observe(reason, seconds)
         shared_series.observe(reason, seconds)
+    shared_series.flush()
     assert _exposition(local) == _exposition(shared)
 
 
@@ -148,7 +159,73 @@ def test_one_process_stage_series_read_as_prometheus_clients_own(
     for parse, verify, decide, answer in checks:
         local_series.observe_stages(parse, verify, decide, answer)
         shared_series.observe_stages(parse, verify, decide, answer)
+    shared_series.flush()
     assert _exposition(local) == _exposition(shared)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(list(Reason)), st.floats(0.0, 5.0)),
+            max_size=10,
+        ),
+        max_size=5,
+    )
+)
+def test_workers_series_flushed_in_batches_scrape_as_observed_one_by_one(
+    batches: list[list[tuple[Reason, float]]],
+) -> None:
+    # With workers, checks are counted locally and added to prometheus-client's files at
+    # each flush: after any number of flushes, the scrape is what observe() per check
+    # on prometheus-client's own histogram and counter would give.
+    flushed, reference = CollectorRegistry(), CollectorRegistry()
+    series = _SharedCheckSeries(flushed)
+    duration = Histogram(
+        "extauthz_check_duration_seconds",
+        "h",
+        ["decision"],
+        buckets=CHECK_BUCKETS,
+        registry=reference,
+    )
+    decisions = Counter("extauthz_decisions", "h", ["decision", "reason"], registry=reference)
+    stages = Histogram(
+        "extauthz_check_stage_seconds",
+        "h",
+        ["stage"],
+        buckets=STAGE_BUCKETS,
+        registry=reference,
+    )
+    for reason in Reason:
+        label = "allow" if reason is Reason.ALLOWED else "deny"
+        decisions.labels(label, reason.value)
+        duration.labels(label)
+    for stage in ("parse", "verify", "decide", "answer"):
+        stages.labels(stage)
+    for batch in batches:
+        for reason, seconds in batch:
+            label = "allow" if reason is Reason.ALLOWED else "deny"
+            series.observe(reason, seconds)
+            series.observe_stages(seconds, None, seconds / 2, seconds)
+            duration.labels(label).observe(seconds)
+            decisions.labels(label, reason.value).inc()
+            stages.labels("parse").observe(seconds)
+            stages.labels("decide").observe(seconds / 2)
+            stages.labels("answer").observe(seconds)
+        series.flush()
+    # Sums are added up per batch, so they may differ in the last bit.
+    assert _samples(flushed) == pytest.approx(_samples(reference), rel=1e-12)
+
+
+def test_workers_series_reach_a_scrape_at_the_flush() -> None:
+    registry = CollectorRegistry()
+    series = _SharedCheckSeries(registry)
+    count = {"decision": "allow"}
+    series.observe(Reason.ALLOWED, 0.0003)
+    assert registry.get_sample_value("extauthz_check_duration_seconds_count", count) == 0.0
+    series.flush()
+    series.flush()  # a second flush adds nothing more
+    assert registry.get_sample_value("extauthz_check_duration_seconds_count", count) == 1.0
 
 
 def test_a_stage_not_reached_is_not_counted(metrics: Metrics) -> None:

@@ -128,6 +128,11 @@ def test_workers_share_the_port_and_their_metrics_add_up(
         sub="alice", audience=AUDIENCE, scope="tickets:read", client_id="support-agent"
     )
     assert checks(running, token, 40) == [0] * 40
+    # Each worker adds its checks to the shared files once a second.
+    deadline = time.monotonic() + 5.0
+    while running.metric("extauthz_check_duration_seconds_count") < 40.0:
+        assert time.monotonic() < deadline, "the workers' checks never reached /metrics"
+        time.sleep(0.1)
     # Whichever worker answers the scrape, it reports the checks of both.
     for _ in range(4):
         allowed = running.metric("extauthz_decisions_total", decision="allow", reason="allowed")
