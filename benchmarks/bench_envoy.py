@@ -15,9 +15,10 @@ The cases alternate over several rounds, since a shared machine drifts; every ro
 starts the authorizers afresh, so no token of the distinct set was seen before by the
 process that checks it. Per run: wrk's requests/s and p50/p99, the non-2xx count from
 Envoy's own counters, and the authorizer's CPU per Check = (utime + stime of its process,
-from /proc/PID/stat) / (the Checks Envoy sent it, from Envoy's ext_authz counters). An
-unloaded p50 comes from one connection sending requests back to back. Prints a table of
-medians over the rounds and the ratios of issue 5. A benchmark, not a test.
+from /proc/PID/stat) / (the Checks Envoy sent it, from Envoy's ext_authz counters). The
+unloaded p50 comes from single requests sent one at a time to every case in turn (the
+order shuffled each cycle), so that a drift of the machine reaches all cases alike. Prints
+a table of medians over the rounds and the ratios of issue 5. A benchmark, not a test.
 
     make bench          # or: .venv/bin/python benchmarks/bench_envoy.py [--seconds 5]
 """
@@ -26,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import http.client
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -60,6 +63,7 @@ ISSUER = "https://idp.example.test"
 PATH = "/tickets/42"  # GET: tickets:read, which alice holds and support-agent may use
 TOKEN_LIFETIME = 1800  # under the example policy's max_lifetime of 1 h
 READY_TIMEOUT = 30.0
+UNLOADED_WARM_UP = 10  # cycles of unloaded requests not counted: connections, caches
 WORKER_METRICS_FLUSH = 1.2  # seconds: a worker's metrics reach the shared files once a second
 MODES = ("repeated", "distinct")
 
@@ -382,6 +386,8 @@ class Bench:
         self.procs: list[Proc] = []
         self.running: list[Running] = []
         self.upstream_port = 0
+        self.results_so_far: list[Run] = []
+        self.distinct_tokens: list[str] = []
 
     # -- tokens and configs
 
@@ -405,6 +411,7 @@ class Bench:
         with self.distinct.open("w") as out:
             for _ in range(self.args.tokens):
                 out.write(self.token() + "\n")
+        self.distinct_tokens = self.distinct.read_text().split()
         print(
             f"minted {self.args.tokens:,} distinct RS256 tokens "
             f"in {time.perf_counter() - started:.1f} s",
@@ -549,21 +556,51 @@ class Bench:
     def warm_up(self, run: Running) -> None:
         run_wrk(self.wrk, run.port, self.repeated, 0, seconds=1, connections=4, threads=1)
 
-    def measure(self, run: Running, mode: str, round_: int) -> Run:
+    def unloaded(self, mode: str) -> dict[str, list[float]]:
+        """Each case's latencies, in ms, for requests sent one at a time: one to every case
+        in a shuffled order, then again, ``--unloaded-requests`` times. Distinct tokens
+        come from each authorizer's own cursor, like the loaded runs'."""
+        distinct = self.distinct_tokens if mode == "distinct" else None
+        repeated = self.repeated.read_text().strip()
+        connections = {
+            run.case.name: http.client.HTTPConnection("127.0.0.1", run.port, timeout=5)
+            for run in self.running
+        }
+        latencies: dict[str, list[float]] = {name: [] for name in connections}
+        cycles = random.Random(f"{mode}-{len(self.results_so_far)}")
+        try:
+            for cycle in range(UNLOADED_WARM_UP + self.args.unloaded_requests):
+                order = list(self.running)
+                cycles.shuffle(order)
+                for run in order:
+                    token = repeated
+                    if distinct is not None:
+                        token = distinct[run.cursor % len(distinct)]
+                        run.cursor += 1
+                    connection = connections[run.case.name]
+                    started = time.perf_counter()
+                    connection.request(
+                        "GET", PATH, headers={"Host": HOST, "Authorization": f"Bearer {token}"}
+                    )
+                    answer = connection.getresponse()
+                    answer.read()
+                    elapsed = time.perf_counter() - started
+                    if answer.status != 200:
+                        raise BenchError(
+                            f"{run.case.name}: an unloaded request got {answer.status}"
+                        )
+                    if cycle >= UNLOADED_WARM_UP:
+                        latencies[run.case.name].append(elapsed * 1000)
+        except OSError as err:
+            raise BenchError(f"unloaded requests failed: {err}") from err
+        finally:
+            for connection in connections.values():
+                connection.close()
+        return latencies
+
+    def measure(self, run: Running, mode: str, round_: int, unloaded_ms: Sequence[float]) -> Run:
         args = self.args
         tokens = self.repeated if mode == "repeated" else self.distinct
-        first = run.cursor if mode == "distinct" else 0
-        unloaded = run_wrk(
-            self.wrk,
-            run.port,
-            tokens,
-            first,
-            seconds=args.unloaded_seconds,
-            connections=1,
-            threads=1,
-        )
-        if mode == "distinct":
-            run.cursor += unloaded.sent
         before = self._snapshot(run)
         loaded = run_wrk(
             self.wrk,
@@ -608,8 +645,8 @@ class Bench:
             authorizer_cpu_us_per_check=cpu_per_check,
             envoy_cpu_us_per_request=envoy_cpu / completed * 1e6 if completed else 0.0,
             machine_busy_pct=100.0 * busy / total if total else 0.0,
-            unloaded_p50_ms=unloaded.p50_us / 1000,
-            unloaded_requests=unloaded.requests,
+            unloaded_p50_ms=statistics.median(unloaded_ms),
+            unloaded_requests=len(unloaded_ms),
             tokens_reused=reused,
         )
         if run.case.authorizer == "extauthz":
@@ -662,7 +699,7 @@ class Bench:
         self.wrk = ensure_wrk()
         self.prepare()
         self.start()
-        results: list[Run] = []
+        results = self.results_so_far
         for round_ in range(1, self.args.rounds + 1):
             self.start_authorizers(round_)
             repeated_token = self.repeated.read_text().strip()
@@ -674,8 +711,9 @@ class Bench:
             order = self.running if round_ % 2 else list(reversed(self.running))
             modes = MODES if round_ % 2 else tuple(reversed(MODES))
             for mode in modes:
+                unloaded = self.unloaded(mode)
                 for run in order:
-                    result = self.measure(run, mode, round_)
+                    result = self.measure(run, mode, round_, unloaded[run.case.name])
                     results.append(result)
                     print(progress_line(result), flush=True)
                     for note in result.notes:
@@ -873,7 +911,7 @@ def expected_seconds(args: argparse.Namespace) -> float:
     authorizers = sum(1 for n in args.cases if n == BASELINE_CASE or CASE_OF_NAME[n].authorizer)
     setup = 10 + args.tokens * 0.00035
     per_round = 3 + (authorizers + 1) * 1.5 + authorizers * 1.2
-    per_run = args.unloaded_seconds + args.seconds + 0.6
+    per_run = args.seconds + 0.6 + args.unloaded_requests * 0.002
     return float(setup + args.rounds * (per_round + len(MODES) * len(args.cases) * per_run))
 
 
@@ -887,7 +925,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads")
     parser.add_argument(
-        "--unloaded-seconds", type=int, default=1, help="length of each one-connection run"
+        "--unloaded-requests",
+        type=int,
+        default=300,
+        help="requests per case and token mode for the unloaded p50, one at a time",
     )
     parser.add_argument(
         "--tokens", type=int, default=30_000, help="distinct tokens minted (RS256, ~0.35 ms each)"
@@ -929,8 +970,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [c for c in args.cases if c not in CASE_OF_NAME and c != BASELINE_CASE]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {[c.name for c in CASES]}")
-    if min(args.seconds, args.rounds, args.unloaded_seconds, args.connections) < 1:
-        parser.error("--seconds, --rounds, --unloaded-seconds and --connections must be ≥ 1")
+    if min(args.seconds, args.rounds, args.unloaded_requests, args.connections) < 1:
+        parser.error("--seconds, --rounds, --unloaded-requests and --connections must be ≥ 1")
     return args
 
 
@@ -983,7 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"cases: {', '.join(args.cases)}; {args.rounds} rounds x {len(MODES)} token modes; "
         f"{args.seconds} s loaded ({args.connections} connections, wrk) + "
-        f"{args.unloaded_seconds} s unloaded per run; expected duration about "
+        f"{args.unloaded_requests} unloaded requests per run; expected duration about "
         f"{expected_seconds(args) / 60:.1f} min",
         flush=True,
     )
