@@ -245,14 +245,40 @@ def envoy_counters(admin: int) -> dict[str, int]:
     return counters
 
 
-def extauthz_decisions(http_port: int) -> float:
+STAGES = ("parse", "verify", "decide", "answer")
+
+
+def extauthz_counts(http_port: int) -> tuple[float, dict[str, tuple[float, float]]]:
+    """extauthz's decisions so far, and per stage the (sum of seconds, count) of its
+    ``extauthz_check_stage_seconds``."""
     text = http_request(f"http://127.0.0.1:{http_port}/metrics").body.decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "extauthz_decisions_total"
-    )
+    decisions = 0.0
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "extauthz_decisions_total":
+                decisions += sample.value
+            elif sample.name == "extauthz_check_stage_seconds_sum":
+                sums[sample.labels["stage"]] = sample.value
+            elif sample.name == "extauthz_check_stage_seconds_count":
+                counts[sample.labels["stage"]] = sample.value
+    # An extauthz from before the stage histogram (--baseline) has none: zeros.
+    return decisions, {st: (sums.get(st, 0.0), counts.get(st, 0.0)) for st in STAGES}
+
+
+def stage_means_us(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float] | None:
+    """Mean µs per check in each stage between two readings; None if nothing was counted."""
+    means = {}
+    for stage in STAGES:
+        seconds = after[stage][0] - before[stage][0]
+        count = after[stage][1] - before[stage][1]
+        if count <= 0:
+            return None
+        means[stage] = seconds / count * 1e6
+    return means
 
 
 # --------------------------------------------------------------------------- load
@@ -358,6 +384,8 @@ class Run:
     unloaded_p50_ms: float
     unloaded_requests: int
     decisions_metric: float | None = None
+    # extauthz's own mean µs per check in each stage (extauthz_check_stage_seconds).
+    stage_us: dict[str, float] | None = None
     decision_lines: int | None = None
     tokens_reused: int = 0
     notes: list[str] = field(default_factory=list)
@@ -651,6 +679,7 @@ class Bench:
         )
         if run.case.authorizer == "extauthz":
             result.decisions_metric = after["decisions"] - before["decisions"]
+            result.stage_us = stage_means_us(before["stages"], after["stages"])
             result.decision_lines = after["lines"] - before["lines"]
             if checks and abs(result.decisions_metric - checks) > max(2, 0.01 * checks):
                 result.notes.append(
@@ -691,7 +720,7 @@ class Bench:
                 # Workers add their checks to the shared metric files once a second; the
                 # CPU figures above are read before this wait.
                 time.sleep(WORKER_METRICS_FLUSH)
-            snap["decisions"] = extauthz_decisions(run.http_port)
+            snap["decisions"], snap["stages"] = extauthz_counts(run.http_port)
             snap["lines"] = run.decision_log.lines
         return snap
 
@@ -770,6 +799,32 @@ def summarize(results: list[Run], cases: Sequence[str]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def stage_rows(results: list[Run], cases: Sequence[str]) -> list[dict[str, Any]]:
+    """Per extauthz case and token mode, the median over the rounds of each stage's mean."""
+    rows = []
+    for mode in MODES:
+        for case in cases:
+            runs = [r for r in results if r.case == case and r.mode == mode and r.stage_us]
+            if runs:
+                means = {st: median([r.stage_us[st] for r in runs if r.stage_us]) for st in STAGES}
+                rows.append({"case": case, "mode": mode, **means})
+    return rows
+
+
+def print_stage_rows(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    print("\nextauthz's own time per check, by stage (µs, mean; extauthz_check_stage_seconds):")
+    print(f"{'case':<16} {'tokens':<9}" + "".join(f"{st:>8}" for st in STAGES) + f"{'sum':>8}")
+    for row in rows:
+        total = sum(row[st] for st in STAGES)
+        print(
+            f"{row['case']:<16} {row['mode']:<9}"
+            + "".join(f"{row[st]:>8.1f}" for st in STAGES)
+            + f"{total:>8.1f}"
+        )
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -1054,6 +1109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "envoy µs/req: the front Envoy's CPU per request; cpu busy: both cores, all processes.\n"
     )
     print_table(rows)
+    stages = stage_rows(results, args.cases)
+    print_stage_rows(stages)
     print()
     print_ratios(goal_rows)
     errors = sum(r["non_2xx"] for r in rows)
@@ -1065,6 +1122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "summary": rows,
             "ratios": goal_rows,
+            "stages": stages,
             "runs": [asdict(r) for r in results],
         }
         args.json.write_text(json.dumps(document, indent=1) + "\n")

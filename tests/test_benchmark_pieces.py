@@ -260,3 +260,17 @@ def test_the_check_h2load_sends_is_one_grpc_message_that_extauthz_allows(
     assert int.from_bytes(frame[1:5], "big") == len(frame) - 5
     answer = server.handler.check(external_auth_pb2.CheckRequest.FromString(frame[5:]))
     assert answer.status.code == 0  # OK: an allow, as every check of the benchmark must be
+
+
+def test_stage_means_are_taken_between_two_readings_of_the_histogram(bench_workers: Any) -> None:
+    # bench_workers imports bench_envoy, whose stage reading this is.
+    bench_envoy = sys.modules["bench_envoy"]
+    before = {stage: (1.0, 1000.0) for stage in bench_envoy.STAGES}
+    after = {stage: (1.0 + 0.002 * (i + 1), 1100.0) for i, stage in enumerate(bench_envoy.STAGES)}
+
+    means = bench_envoy.stage_means_us(before, after)
+
+    assert means == pytest.approx({"parse": 20.0, "verify": 40.0, "decide": 60.0, "answer": 80.0})
+    # An extauthz without the histogram (an older --baseline) reads as zeros: no means.
+    zeros = {stage: (0.0, 0.0) for stage in bench_envoy.STAGES}
+    assert bench_envoy.stage_means_us(zeros, zeros) is None
