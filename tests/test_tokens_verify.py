@@ -1277,3 +1277,24 @@ def test_a_token_that_passed_its_claims_is_checked_again_with_the_same_reasons(
     assert _claims_reason(lambda: validate_claim_times(times, policy, later)) == _claims_reason(
         lambda: validate_claims(claims, policy, audience, later)
     )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_every_canonical_part_decodes_to_its_bytes(data: bytes) -> None:
+    canonical = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    assert _b64decode(canonical, "payload") == data
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(alphabet="ABCXYZabcxyz0189-_+/=.~ é\x00", max_size=40))
+def test_a_part_decodes_only_as_the_standard_decoder_reads_its_one_canonical_spelling(
+    text: str,
+) -> None:
+    try:
+        decoded = _b64decode(text, "payload")
+    except TokenRejected as refused:
+        assert refused.reason is Reason.TOKEN_MALFORMED
+        return
+    assert base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)) == decoded
+    assert base64.urlsafe_b64encode(decoded).rstrip(b"=").decode() == text
