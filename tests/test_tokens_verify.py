@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import get_default_algorithms
 
+import extauthz.tokens.verify as verify_module
 from extauthz.config import Config, TokenPolicy
 from extauthz.demo.issuer import LocalIssuer, public_jwk
 from extauthz.errors import ConfigError, Denied, Reason, ServiceUnavailable, TokenRejected
@@ -1298,3 +1299,46 @@ def test_a_part_decodes_only_as_the_standard_decoder_reads_its_one_canonical_spe
         return
     assert base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)) == decoded
     assert base64.urlsafe_b64encode(decoded).rstrip(b"=").decode() == text
+
+
+# --- headers of verified tokens, remembered -----------------------------------------------
+
+
+def test_a_token_under_a_remembered_header_still_has_its_own_signature_checked(
+    verifier: Verifier, signing_keys: dict[str, Any]
+) -> None:
+    good = forge(header(), payload(), signing_keys["rsa-1"])
+    assert verifier.reason(good) is Reason.ALLOWED
+    assert good.split(".")[0] in verify_module._SIGNED_HEADERS
+
+    head, _, signature = good.split(".")
+    # The same header part, other claims, the first token's signature.
+    forged = f"{head}.{part(payload(sub='admin'))}.{signature}"
+    assert verifier.reason(forged) is Reason.TOKEN_INVALID_SIGNATURE
+    assert verifier.verify(good).header == header()
+
+
+def test_a_header_is_remembered_only_from_a_token_that_verified(
+    verifier: Verifier, signing_keys: dict[str, Any]
+) -> None:
+    unsigned_header = header(x="never signed")
+    forged = forge(unsigned_header, payload(), signature=b"\x01" * 256)
+    assert verifier.reason(forged) is Reason.TOKEN_INVALID_SIGNATURE
+    assert part(unsigned_header) not in verify_module._SIGNED_HEADERS
+    # One whose strict parse fails after a good signature (a repeated member) neither.
+    repeated = '{"alg":"RS256","typ":"at+jwt","kid":"rsa-1","kid":"rsa-1"}'
+    signing_input = f"{part(repeated)}.{part(payload())}"
+    signature = ALGORITHMS["RS256"].sign(signing_input.encode(), signing_keys["rsa-1"])
+    token = f"{signing_input}.{b64url(signature)}"
+    assert verifier.reason(token) is Reason.TOKEN_MALFORMED
+    assert part(repeated) not in verify_module._SIGNED_HEADERS
+
+
+def test_remembered_headers_are_bounded(
+    verifier: Verifier, signing_keys: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verify_module, "_MAX_SIGNED_HEADERS", 4)
+    for n in range(10):
+        token = forge(header(x=n), payload(), signing_keys["rsa-1"])
+        assert verifier.reason(token) is Reason.ALLOWED
+        assert len(verify_module._SIGNED_HEADERS) <= 4

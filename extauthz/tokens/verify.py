@@ -32,6 +32,10 @@ _B64URL_VALUE = {char: value for value, char in enumerate(_B64URL)}
 _TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
 # By how many characters a part runs past whole groups of 4 (1 is never valid).
 _PADDING = {0: b"", 2: b"==", 3: b"="}
+# Header parts, as sent, of tokens whose signature verified, and the header each parses to
+# (read only: it is shared by every token sent under it). Written by one thread at a time.
+_SIGNED_HEADERS: dict[str, dict[str, Any]] = {}
+_MAX_SIGNED_HEADERS = 256
 _ALGORITHMS: dict[str, Algorithm] = {
     name: alg for name, alg in get_default_algorithms().items() if name in SUPPORTED_ALGORITHMS
 }
@@ -79,13 +83,20 @@ def verify_signature(
     parts = token.split(".")
     if len(parts) != 3:
         raise TokenRejected(Reason.TOKEN_MALFORMED, "not three dot-separated parts")
-    header_raw = _b64decode(parts[0], "header")
+    # An issuer signs all its tokens under a handful of headers: one seen in a token that
+    # verified is parsed already (both ways).
+    known_header = _SIGNED_HEADERS.get(parts[0])
+    header_raw = b"" if known_header is not None else _b64decode(parts[0], "header")
     claims_raw = _b64decode(parts[1], "payload")
     # Until the signature verifies, anyone can send this: parse at C speed only (orjson,
     # which accepts no document that the strict parser would, and refuses NaN, lone
     # surrogates and a byte-order mark besides). The strict parse (a Python hook per
     # object) runs on signed content alone, below.
-    header = _json_object(header_raw, "header", strict=False)
+    header = (
+        known_header
+        if known_header is not None
+        else _json_object(header_raw, "header", strict=False)
+    )
     claims = _json_object(claims_raw, "payload", strict=False)
     signature = _b64decode(parts[2], "signature")
     if "crit" in header:
@@ -129,8 +140,14 @@ def verify_signature(
     signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
     if not signature or not _verify(_ALGORITHMS[alg], signing_input, key.key, signature):
         raise TokenRejected(Reason.TOKEN_INVALID_SIGNATURE, "signature does not verify")
-    _json_object(header_raw, "header", strict=True)
+    if known_header is None:
+        _json_object(header_raw, "header", strict=True)
     _json_object(claims_raw, "payload", strict=True)
+    if known_header is None:
+        # Only a header that a configured key signed gets here, so the entries are few.
+        if len(_SIGNED_HEADERS) >= _MAX_SIGNED_HEADERS:
+            _SIGNED_HEADERS.clear()
+        _SIGNED_HEADERS[parts[0]] = header
     return SignedToken(header, claims, issuer_config.issuer)
 
 
