@@ -43,6 +43,11 @@ class _IssuerState:
         self.retry_delay = _RETRY_FIRST
         self.last_refetch = -float("inf")  # monotonic
         self.inflight: asyncio.Task[bool] | None = None
+        # Fetches are numbered as they start. A periodic refresh and a refetch for an
+        # unknown kid can overlap; the answer of the one that started last is the newest,
+        # and one that started earlier but finishes later must not undo it.
+        self.fetches_started = 0
+        self.newest_applied = 0
 
 
 class KeyRefresher:
@@ -157,6 +162,8 @@ class KeyRefresher:
 
     async def _fetch(self, state: _IssuerState) -> bool:
         issuer = state.config.issuer
+        state.fetches_started += 1
+        number = state.fetches_started
         try:
             fetched = await asyncio.to_thread(state.remote.fetch)
         except KeysError as err:
@@ -170,6 +177,12 @@ class KeyRefresher:
             return False
         if self._issuers.get(issuer) is not state:
             return False  # a reload replaced this issuer while the fetch was under way
+        if number < state.newest_applied:
+            # Superseded: a fetch that started after this one has already answered, and
+            # these keys may be the ones it replaced (a key rotated in meanwhile).
+            log.info("keys fetched out of order; keeping the newer ones", extra={"issuer": issuer})
+            return False
+        state.newest_applied = number
         interval = self._scheduled(state, fetched.max_age)
         if fetched.key_set is None:
             self._metrics.keys_refreshes.labels(issuer, "not_modified").inc()

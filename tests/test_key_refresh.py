@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_http import LocalHttpServer, Reply, local_http_server
+from local_http import LocalHttpServer, Reply, Seen, local_http_server
 from prometheus_client import CollectorRegistry
 
 from extauthz.config import IssuerConfig
@@ -106,6 +107,43 @@ async def test_an_unknown_kid_refetch_finds_a_rotated_in_key(
     serve_jwks(server, idp)
     assert await keys.refetch(ISSUER) is True
     assert "rsa-2" in published.kids
+
+
+async def test_a_slow_periodic_fetch_does_not_undo_a_rotation_a_refetch_found(
+    server: LocalHttpServer, idp: LocalIssuer
+) -> None:
+    serve_jwks(server, idp)
+    published = Published()
+    keys, _ = refresher(server, published, keys_refresh=0.3, keys_refresh_min=0.3)
+    await keys.fetch_all()
+    old_body = json.dumps(idp.jwks()).encode()
+    answers: list[str] = []
+
+    def jwks(seen: Seen) -> Reply:
+        # The periodic refresh asks first and gets the keys before the rotation, slowly.
+        if not answers:
+            answers.append("old, slow")
+            return Reply(body=old_body, misbehave="hang", hang_s=0.8)
+        answers.append("new")
+        return Reply(body=json.dumps(idp.jwks()).encode())
+
+    server.replies["/jwks"] = jwks
+    refreshing = asyncio.create_task(keys.run())
+    try:
+        while not answers:
+            await asyncio.sleep(0.02)
+        idp.keys["rsa-2"] = generate_key("rsa")  # rotated in while that fetch hangs
+        assert await keys.refetch(ISSUER) is True
+        since_refetch = len(published.key_sets) - 1
+        assert "rsa-2" in published.kids
+        await asyncio.sleep(1.2)  # the slow fetch answers, and the periodic one after it
+    finally:
+        refreshing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refreshing
+    assert answers[0] == "old, slow" and len(answers) >= 3
+    # No key set published after the refetch's lacks the rotated-in key.
+    assert all("rsa-2" in ks.keys for ks in published.key_sets[since_refetch:])
 
 
 async def test_a_flood_of_unknown_kids_costs_the_idp_one_request_per_interval(

@@ -119,7 +119,9 @@ def test_key_rotation_while_requests_flow_refuses_no_valid_token(
             retired = stack.issuer.keys.pop("rsa-1")
             publish()
             traffic.wait_for_more(20)
-        assert traffic.wrong == []
+        assert stack.extauthz is not None
+        # extauthz's log says which keys each fetch brought, and in what order.
+        assert traffic.wrong == [], stack.extauthz.tail(60)
         assert len(traffic.results) >= 60
         assert stack.metric("extauthz_keys_refresh_total", issuer=ISSUER, outcome="success") >= 2
         # A token signed with the retired key is refused once a refresh has seen it go.
