@@ -284,24 +284,32 @@ def stage_means_us(
 # --------------------------------------------------------------------------- load
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
+def ensure_tool(command: str, package: str) -> str:
+    """The path of ``command``, installing Debian's ``package`` with apt-get first when it
+    is missing (as root only)."""
+    found = shutil.which(command)
     if found:
         return found
-    print("wrk not found: installing it with apt-get (Debian's wrk package) ...", flush=True)
+    print(f"{command} not found: installing it with apt-get (Debian's {package}) ...", flush=True)
     if os.geteuid() != 0:
-        raise BenchError("wrk is missing and this is not root: run `sudo apt-get install wrk`")
+        raise BenchError(
+            f"{command} is missing and this is not root: run `sudo apt-get install {package}`"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (
         ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
     ):
         subprocess.run(argv, check=True, env=env, timeout=300, stdout=subprocess.DEVNULL)
-    found = shutil.which("wrk")
+    found = shutil.which(command)
     if not found:
-        raise BenchError("apt-get install wrk did not put wrk on PATH")
+        raise BenchError(f"apt-get install {package} did not put {command} on PATH")
     print(f"installed {found}", flush=True)
     return found
+
+
+def ensure_wrk() -> str:
+    return ensure_tool("wrk", "wrk")
 
 
 @dataclass
@@ -414,7 +422,6 @@ class Bench:
         self.procs: list[Proc] = []
         self.running: list[Running] = []
         self.upstream_port = 0
-        self.results_so_far: list[Run] = []
         self.distinct_tokens: list[str] = []
 
     # -- tokens and configs
@@ -584,7 +591,7 @@ class Bench:
     def warm_up(self, run: Running) -> None:
         run_wrk(self.wrk, run.port, self.repeated, 0, seconds=1, connections=4, threads=1)
 
-    def unloaded(self, mode: str) -> dict[str, list[float]]:
+    def unloaded(self, mode: str, round_: int) -> dict[str, list[float]]:
         """Each case's latencies, in ms, for requests sent one at a time: one to every case
         in a shuffled order, then again, ``--unloaded-requests`` times. Distinct tokens
         come from each authorizer's own cursor, like the loaded runs'."""
@@ -595,7 +602,7 @@ class Bench:
             for run in self.running
         }
         latencies: dict[str, list[float]] = {name: [] for name in connections}
-        cycles = random.Random(f"{mode}-{len(self.results_so_far)}")
+        cycles = random.Random(f"{mode}-{round_}")
         try:
             for cycle in range(UNLOADED_WARM_UP + self.args.unloaded_requests):
                 order = list(self.running)
@@ -728,7 +735,7 @@ class Bench:
         self.wrk = ensure_wrk()
         self.prepare()
         self.start()
-        results = self.results_so_far
+        results: list[Run] = []
         for round_ in range(1, self.args.rounds + 1):
             self.start_authorizers(round_)
             repeated_token = self.repeated.read_text().strip()
@@ -740,7 +747,7 @@ class Bench:
             order = self.running if round_ % 2 else list(reversed(self.running))
             modes = MODES if round_ % 2 else tuple(reversed(MODES))
             for mode in modes:
-                unloaded = self.unloaded(mode)
+                unloaded = self.unloaded(mode, round_)
                 for run in order:
                     result = self.measure(run, mode, round_, unloaded[run.case.name])
                     results.append(result)

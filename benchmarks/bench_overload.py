@@ -26,19 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_envoy
 
 
-def ensure_h2load() -> str:
-    found = shutil.which("h2load")
-    if found:
-        return found
-    print("h2load not found: installing Debian's nghttp2-client (apt-get)", flush=True)
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nghttp2-client"],
-        check=True,
-    )
-    return shutil.which("h2load") or "h2load"
-
-
 def h2load(binary: str, port: int, token: str, rate: float, seconds: float) -> dict[str, float]:
     clients = 16
     out = subprocess.run(
@@ -106,7 +93,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
-    binary = ensure_h2load()
+    binary = bench_envoy.ensure_tool("h2load", "nghttp2-client")
     bench_args = bench_envoy.parse_args(
         [
             "--cases",

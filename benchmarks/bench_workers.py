@@ -43,6 +43,7 @@ from bench_envoy import (
     WORKER_METRICS_FLUSH,
     BenchError,
     Proc,
+    ensure_tool,
     git_commit,
     http_ok,
     machine,
@@ -126,25 +127,6 @@ def parse_h2load(output: str) -> H2loadResult:
     return H2loadResult(succeeded, failed, errored, seconds, int(status.group(1)))
 
 
-def ensure_h2load() -> str:
-    found = shutil.which("h2load")
-    if found:
-        return found
-    print("h2load not found: installing it with apt-get (nghttp2-client) ...", flush=True)
-    if os.geteuid() != 0:
-        raise BenchError("h2load is missing and this is not root: apt-get install nghttp2-client")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nghttp2-client"],
-    ):
-        subprocess.run(argv, check=True, env=env, timeout=300, stdout=subprocess.DEVNULL)
-    found = shutil.which("h2load")
-    if not found:
-        raise BenchError("apt-get install nghttp2-client did not put h2load on PATH")
-    return found
-
-
 def allowed_decisions(http_port: int) -> float:
     text = http_request(f"http://127.0.0.1:{http_port}/metrics").body.decode()
     for family in text_string_to_metric_families(text):
@@ -167,7 +149,7 @@ class WorkersBench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        self.h2load = ensure_h2load()
+        self.h2load = ensure_tool("h2load", "nghttp2-client")
         issuer = LocalIssuer(ISSUER)
         policy = workdir / "policy"
         shutil.copytree(REPO / "deploy" / "extauthz", policy)
